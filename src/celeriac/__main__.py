@@ -1,0 +1,3 @@
+from celeriac.cli import main
+
+main()

@@ -1,0 +1,428 @@
+"""``Celeriac``: settings, the task registry, and the broker/result store by URL.
+
+Connections are per event loop: each loop that sends or reads results gets
+its own broker and result-store instances, connected on first use (sync
+calls use their thread's private loop; see ``_sync``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
+
+from . import states
+from ._sync import at_exit, run_on_every_loop, run_sync
+from .backends import backend_from_url
+from .backends.base import BackendOptions, ResultBackend, ResultMeta
+from .brokers import broker_from_url
+from .brokers.base import Broker, BrokerOptions
+from .canvas import Signature, as_signature_list
+from .errors import ConfigurationError, NotRegistered
+from .protocol import Outgoing
+from .result import AsyncResult
+from .sending import SendOptions, build_outgoing
+from .serialization import Codec
+from .settings import Settings
+from .sqlite_url import DEFAULT_URL
+from .task import AsyncTask, Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+__all__ = ["Celeriac", "Celery", "current_app", "shared_task"]
+
+_current: Celeriac | None = None
+_current_lock = threading.Lock()
+
+
+class _TaskDecorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class _BoundTaskDecorator(Protocol):
+    @overload
+    def __call__(
+        self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
+
+
+@dataclass(slots=True)
+class _LoopConnections:
+    broker: Broker
+    backend: ResultBackend
+    lock: asyncio.Lock
+    broker_ready: bool = False
+    backend_ready: bool = False
+
+
+class Celeriac:
+    """A task queue application (Celery's ``Celery`` class; ``Celery`` is an alias)."""
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: Sequence[str] | None = None,
+        config_source: object | str | None = None,
+        set_as_current: bool = True,
+        **settings: Any,
+    ):
+        self.main = main or "__main__"
+        self.conf = Settings()
+        self.conf.load_environment()
+        if config_source is not None:
+            self.config_from_object(config_source)
+        if broker is not None:
+            settings["broker_url"] = broker
+        if backend is not None:
+            settings["result_backend"] = backend
+        if include is not None:
+            settings["include"] = list(include)
+        self.conf.update(settings)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._connections: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, _LoopConnections
+        ] = weakref.WeakKeyDictionary()
+        self._codec: Codec | None = None
+        for fn, options in _shared_tasks:
+            self._register(fn, options)
+        if set_as_current:
+            self.set_current()
+        at_exit(self.close)
+
+    def __repr__(self) -> str:
+        return f"<Celeriac {self.main}>"
+
+    def set_current(self) -> None:
+        global _current
+        with _current_lock:
+            _current = self
+
+    # -- configuration -------------------------------------------------------
+    def config_from_object(self, obj: object | str, namespace: str | None = None) -> None:
+        if isinstance(obj, str):
+            obj = _import_object(obj)
+        self.conf.config_from_object(obj, namespace)
+        self._codec = None
+
+    @property
+    def broker_url(self) -> str:
+        return self.conf.broker_url or DEFAULT_URL
+
+    @property
+    def result_backend_url(self) -> str:
+        if self.conf.result_backend:
+            return self.conf.result_backend
+        scheme = self.broker_url.partition("://")[0]
+        return self.broker_url if scheme in ("sqlite", "memory") else DEFAULT_URL
+
+    @property
+    def codec(self) -> Codec:
+        if self._codec is None:
+            accept = list(self.conf.accept_content)
+            self._codec = Codec(accept)
+        return self._codec
+
+    def broker_options(self) -> BrokerOptions:
+        return BrokerOptions(
+            lease_timeout=self.conf.broker_lease_timeout,
+            max_deliveries=self.conf.broker_max_deliveries,
+        )
+
+    def backend_options(self) -> BackendOptions:
+        accept = self.conf.result_accept_content or self.conf.accept_content
+        return BackendOptions(
+            expires=self.conf.result_expires,
+            serializer=self.conf.result_serializer,
+            accept_content=tuple({*accept, self.conf.result_serializer}),
+        )
+
+    # -- the registry ----------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self, fn: None = None, /, *, bind: Literal[True], **options: Any
+    ) -> _BoundTaskDecorator: ...
+    @overload
+    def task(
+        self, fn: None = None, /, *, bind: Literal[False] = False, **options: Any
+    ) -> _TaskDecorator: ...
+    def task(
+        self, fn: Callable[..., Any] | None = None, /, *, bind: bool = False, **options: Any
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(**options)``."""
+        options["bind"] = bind
+        if fn is not None:
+            return self._register(fn, options)
+        return lambda f: self._register(f, options)
+
+    def _register(self, fn: Callable[..., Any], options: Mapping[str, Any]) -> Task[Any, Any]:
+        opts = dict(options)
+        name = opts.pop("name", None) or self.gen_task_name(fn)
+        annotations = (
+            self.conf.task_annotations.get(name) or self.conf.task_annotations.get("*") or {}
+        )
+        opts = {**annotations, **opts}
+        base = opts.pop("base", None)
+        if base is not None and base not in (Task, AsyncTask):
+            raise ConfigurationError("base= custom Task classes are not supported; use bind=True")
+        opts.pop("shared", None)
+        cls: type[Task[Any, Any]] = AsyncTask if asyncio.iscoroutinefunction(fn) else Task
+        try:
+            task = cls(self, fn, name=name, **opts)
+        except TypeError as exc:
+            raise TypeError(f"@task({name}): {exc}") from None
+        self.tasks[name] = task
+        return task
+
+    def gen_task_name(self, fn: Callable[..., Any]) -> str:
+        """``module.function``; a script run with ``python -m pkg.mod`` still says ``pkg.mod``."""
+        module = getattr(fn, "__module__", None) or self.main
+        if module == "__main__":
+            spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+            module = spec.name if spec is not None and spec.name != "__main__" else self.main
+        return f"{module}.{fn.__qualname__}"
+
+    def register_task(self, task: Task[Any, Any]) -> Task[Any, Any]:
+        self.tasks[task.name] = task
+        return task
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(f"task {name!r} is not registered with app {self.main!r}") from None
+
+    def import_modules(self) -> None:
+        """Import ``imports`` and ``include`` so their tasks register."""
+        for module in (*self.conf.imports, *self.conf.include):
+            importlib.import_module(module)
+
+    # -- connections -------------------------------------------------------------
+    def _loop_connections(self) -> _LoopConnections:
+        loop = asyncio.get_running_loop()
+        conns = self._connections.get(loop)
+        if conns is None:
+            conns = _LoopConnections(
+                broker_from_url(self.broker_url, self.broker_options()),
+                backend_from_url(self.result_backend_url, self.backend_options()),
+                asyncio.Lock(),
+            )
+            self._connections[loop] = conns
+        return conns
+
+    async def abroker(self) -> Broker:
+        """This loop's broker, connected."""
+        conns = self._loop_connections()
+        if not conns.broker_ready:
+            async with conns.lock:
+                if not conns.broker_ready:
+                    await conns.broker.connect()
+                    conns.broker_ready = True
+        return conns.broker
+
+    async def abackend(self) -> ResultBackend:
+        """This loop's result store, connected."""
+        conns = self._loop_connections()
+        if not conns.backend_ready:
+            async with conns.lock:
+                if not conns.backend_ready:
+                    await conns.backend.connect()
+                    conns.backend_ready = True
+        return conns.backend
+
+    async def aclose(self) -> None:
+        """Close this loop's connections."""
+        loop = asyncio.get_running_loop()
+        conns = self._connections.pop(loop, None)
+        if conns is not None:
+            if conns.broker_ready:
+                await conns.broker.close()
+            if conns.backend_ready:
+                await conns.backend.close()
+
+    def close(self) -> None:
+        """Close the connections that sync calls opened, on every loop."""
+        if self._connections:
+            run_on_every_loop(lambda _loop: self.aclose())
+
+    # -- sending -----------------------------------------------------------------
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by name (it need not be registered here)."""
+        opts = SendOptions.from_kwargs(options)
+        return run_sync(lambda: self.asend_task(name, args, kwargs, options=opts))
+
+    async def asend_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task: Task[Any, Any] | None = None,
+        options: SendOptions | None = None,
+        **more: Any,
+    ) -> AsyncResult[Any]:
+        opts = options if options is not None else SendOptions.from_kwargs(more)
+        task = task if task is not None else self.tasks.get(name)
+        outgoing = self.build_outgoing(name, args or (), kwargs or {}, opts, task)
+        await self.asend_outgoing([outgoing])
+        return AsyncResult(outgoing.message.id, self, name)
+
+    def build_outgoing(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        opts: SendOptions,
+        task: Task[Any, Any] | None = None,
+    ) -> Outgoing:
+        if task is not None:
+            if opts.ignore_result is None:
+                opts.ignore_result = task.ignore_result
+            if opts.expires is None and task.expires is not None:
+                opts.expires = task.expires
+            if opts.serializer is None:
+                opts.serializer = task.serializer
+            if opts.time_limit is None:
+                opts.time_limit = task.time_limit
+            if opts.soft_time_limit is None:
+                opts.soft_time_limit = task.soft_time_limit
+        return build_outgoing(
+            self.conf,
+            self.codec,
+            name,
+            args,
+            kwargs,
+            opts,
+            default_queue=task.queue if task else None,
+            default_priority=task.priority if task else None,
+            redact=task.redact_kwargs if task else tuple(self.conf.task_redact_kwargs),
+            callbacks=as_signature_list(opts.link, self),
+            errbacks=as_signature_list(opts.link_error, self),
+        )
+
+    async def asend_outgoing(self, batch: Sequence[Outgoing]) -> None:
+        """Record PENDING (so the id is known) and publish, in batches."""
+        if self.conf.result_store_pending:
+            pending = [
+                ResultMeta(o.message.id, states.PENDING)
+                for o in batch
+                if not o.message.headers.get("ignore_result")
+            ]
+            if pending:
+                backend = await self.abackend()
+                await backend.store_many(pending)
+        broker = await self.abroker()
+        await broker.publish(batch)
+
+    def send_many(self, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:
+        """Send many task calls in one broker round trip."""
+        sigs = list(signatures)
+        return run_sync(lambda: self.asend_many(sigs))
+
+    async def asend_many(self, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:
+        batch = []
+        for sig in signatures:
+            opts = SendOptions.from_kwargs(sig.options)
+            batch.append(
+                self.build_outgoing(sig.task, sig.args, sig.kwargs, opts, self.tasks.get(sig.task))
+            )
+        await self.asend_outgoing(batch)
+        return [AsyncResult(o.message.id, self, o.message.task) for o in batch]
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+        return AsyncResult(task_id, self)
+
+    def signature(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature[Any]:
+        return Signature(name, args, kwargs, options, app=self)
+
+
+Celery = Celeriac
+
+_shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+
+
+def current_app() -> Celeriac:
+    """The app most recently created (or set current); a default one if none."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = Celeriac("default", set_as_current=False)
+        return _current
+
+
+class _SharedTask:
+    """Stands for the task of the same name in whichever app is current."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(current_app().tasks[self._name], attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return current_app().tasks[self._name](*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<@shared_task: {self._name}>"
+
+
+@overload
+def shared_task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+@overload
+def shared_task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def shared_task(*, bind: Literal[True], **options: Any) -> _BoundTaskDecorator: ...
+@overload
+def shared_task(*, bind: Literal[False] = False, **options: Any) -> _TaskDecorator: ...
+def shared_task(
+    fn: Callable[..., Any] | None = None, /, *, bind: bool = False, **options: Any
+) -> Any:
+    """A task for every app, present and future (Celery's ``shared_task``)."""
+    options["bind"] = bind
+
+    def register(f: Callable[..., Any]) -> Any:
+        _shared_tasks.append((f, options))
+        name = options.get("name") or f"{f.__module__}.{f.__qualname__}"
+        if _current is not None:
+            _current._register(f, options)
+        return _SharedTask(name)
+
+    return register(fn) if fn is not None else register
+
+
+def _import_object(ref: str) -> object:
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import config module {module_name!r}: {exc}") from exc
+    return getattr(module, attr) if attr else module

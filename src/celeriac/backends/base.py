@@ -1,0 +1,178 @@
+"""The result-store contract: base class owns keys, encoding and waiting.
+
+A store supplies four primitives on opaque keys and bytes, as Dramatiq's
+result backends do: ``_get``, ``_set`` (with an expiry), ``_delete`` and
+optionally ``_wait_changed`` (a wake-up when a key is written; the default
+polls with backoff). Everything else (Celery's ``celery-task-meta-<id>``
+keys, the meta layout, serialization, waiting for a ready state) is here.
+
+Checked for every store by ``tests/conformance/test_backend.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .. import states
+from ..errors import BackendError, TimeoutError
+from ..serialization import Codec
+
+__all__ = ["BackendOptions", "ResultBackend", "ResultMeta", "TASK_KEY_PREFIX"]
+
+TASK_KEY_PREFIX = "celery-task-meta-"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOptions:
+    expires: float | None = 86400.0
+    """Seconds a stored result is kept (None: forever)."""
+    serializer: str = "json"
+    accept_content: tuple[str, ...] = ("json",)
+    poll_interval: float = 0.05
+    """Longest wait between two looks, for stores without wake-ups."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultMeta:
+    """What the store holds for one task, in Celery's layout."""
+
+    task_id: str
+    status: str
+    result: Any = None
+    traceback: str | None = None
+    children: list[Any] = field(default_factory=list)
+    date_done: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Extended fields (name, args, kwargs, worker, retries, queue) when stored."""
+
+    @property
+    def ready(self) -> bool:
+        return self.status in states.READY_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "result": self.result,
+            "traceback": self.traceback,
+            "children": self.children,
+            "date_done": self.date_done,
+            "task_id": self.task_id,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResultMeta:
+        known = {"status", "result", "traceback", "children", "date_done", "task_id"}
+        return cls(
+            task_id=str(data["task_id"]),
+            status=str(data["status"]),
+            result=data.get("result"),
+            traceback=data.get("traceback"),
+            children=list(data.get("children") or []),
+            date_done=data.get("date_done"),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+def utcnow_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class ResultBackend(ABC):
+    """A result store reached by URL. One instance per process and event loop."""
+
+    scheme: str = ""
+
+    def __init__(self, url: str, options: BackendOptions | None = None):
+        self.url = url
+        self.options = options or BackendOptions()
+        self._codec = Codec(self.options.accept_content)
+
+    @staticmethod
+    def key_for(task_id: str) -> str:
+        return TASK_KEY_PREFIX + task_id
+
+    async def store(self, meta: ResultMeta) -> None:
+        data, _, _ = self._codec.dumps(meta.to_dict(), self.options.serializer)
+        expires = self.options.expires if meta.ready else None
+        await self._set(self.key_for(meta.task_id), data, expires)
+
+    async def store_many(self, metas: Sequence[ResultMeta]) -> None:
+        for meta in metas:
+            await self.store(meta)
+
+    async def get(self, task_id: str) -> ResultMeta | None:
+        """The stored meta, or None when the store has never seen the id."""
+        raw = await self._get(self.key_for(task_id))
+        if raw is None:
+            return None
+        content_type = _content_type_of(self.options.serializer)
+        try:
+            data = self._codec.loads(raw, content_type)
+            return ResultMeta.from_dict(data)
+        except (KeyError, TypeError) as exc:
+            raise BackendError(f"stored result of {task_id} is malformed: {exc}") from exc
+
+    async def forget(self, task_id: str) -> None:
+        await self._delete(self.key_for(task_id))
+
+    async def wait(
+        self, task_id: str, timeout: float | None, interval: float | None = None
+    ) -> ResultMeta:
+        """Wait until the task is in a ready state; raise TimeoutError after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        key = self.key_for(task_id)
+        cap = interval if interval is not None else self.options.poll_interval
+        poll = min(0.0005, cap)
+        while True:
+            meta = await self.get(task_id)
+            if meta is not None and meta.ready:
+                return meta
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"the result of task {task_id} was not ready within {timeout}s")
+            await self._wait_changed(
+                key, remaining, poll if remaining is None else min(poll, remaining)
+            )
+            poll = min(poll * 2, cap)
+
+    async def _wait_changed(self, key: str, timeout: float | None, poll: float) -> None:
+        """Return when ``key`` may have changed, or by ``timeout``.
+
+        The default sleeps ``poll`` seconds (the base doubles it up to the
+        poll interval); stores with wake-ups wait for one instead.
+        """
+        await asyncio.sleep(poll)
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Reach the store, or raise BackendError naming the URL and the fix."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def _get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def _set(self, key: str, value: bytes, expires: float | None) -> None: ...
+
+    @abstractmethod
+    async def _delete(self, key: str) -> None: ...
+
+    def __repr__(self) -> str:
+        from ..brokers.base import redact_url
+
+        return f"<{type(self).__name__} {redact_url(self.url)}>"
+
+
+def _content_type_of(serializer: str) -> str:
+    from ..serialization import resolve_name
+
+    return resolve_name(serializer).content_type

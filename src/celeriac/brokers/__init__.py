@@ -1,0 +1,46 @@
+"""Brokers by URL scheme. A new broker is one module here plus one entry below."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import ConfigurationError
+from .base import Broker, BrokerOptions
+
+
+def _memory() -> type[Broker]:
+    from .memory import MemoryBroker
+
+    return MemoryBroker
+
+
+def _sqlite() -> type[Broker]:
+    from .sqlite import SQLiteBroker
+
+    return SQLiteBroker
+
+
+SCHEMES: dict[str, Callable[[], type[Broker]]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+}
+
+
+def broker_from_url(url: str, options: BrokerOptions | None = None) -> Broker:
+    """The broker for ``url``; a clear error for an unknown or malformed URL."""
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ConfigurationError(
+            f"broker URL {url!r} has no scheme; use one of: "
+            + ", ".join(f"{s}://" for s in SCHEMES)
+        )
+    factory = SCHEMES.get(scheme.lower())
+    if factory is None:
+        raise ConfigurationError(
+            f"unknown broker scheme {scheme!r} in {url!r}; known: "
+            + ", ".join(f"{s}://" for s in SCHEMES)
+        )
+    return factory()(url, options)
+
+
+__all__ = ["SCHEMES", "Broker", "BrokerOptions", "broker_from_url"]

@@ -1,0 +1,328 @@
+"""The broker contract: what every broker guarantees, and the primitives it supplies.
+
+Guarantees (checked for every broker by ``tests/conformance/test_broker.py``):
+
+* ``publish`` returns only once the broker holds the messages durably (where
+  the broker can be durable), in one batch.
+* At-least-once: a delivery stays owned by its consumer until acked. Ownership
+  is a *lease* that the consumer's heartbeat renews; a consumer that dies stops
+  renewing and its deliveries become visible again once the lease lapses. A
+  live consumer keeps its deliveries however long the task runs.
+* ``Outgoing.not_before`` delays a message inside the broker, never in worker
+  memory. Visible messages come out by priority (9 highest, 0 lowest), then by
+  the time they became visible, then in publish order.
+* A message delivered ``max_deliveries`` times without an ack goes to the
+  dead-letter store with a log line instead of being delivered again.
+* ``close`` hands every unacked delivery back at once, uncounted.
+
+Policy lives here (ack batching, the heartbeat timer, the dead-letter rule,
+priority clamping); a broker module supplies the ``_``-prefixed primitives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocol import Message, Outgoing
+
+logger = logging.getLogger("celeriac.broker")
+
+__all__ = ["Broker", "BrokerOptions", "Consumer", "DeadLetter", "Delivery", "QueueStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOptions:
+    """Broker policy from the app's settings."""
+
+    lease_timeout: float = 10.0
+    """Seconds a delivery stays owned without a heartbeat before it is redelivered."""
+    max_deliveries: int = 5
+    """Deliveries without an ack before a message is dead-lettered."""
+    ack_flush_interval: float = 0.05
+    """Longest time an ack waits to be sent with others."""
+    poll_interval: float = 0.05
+    """Longest wait between two looks at an idle queue, for brokers that poll."""
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.lease_timeout / 4
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message handed to one consumer, until acked or handed back."""
+
+    message: Message
+    queue: str
+    delivery_count: int
+    """1 on the first delivery; counts deliveries that were never acked."""
+    tag: Any
+    """The broker's own handle for ack/requeue (row id, stream entry id, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    """The dead-letter store's id for this entry (requeue/purge by it)."""
+    queue: str
+    message: Message | None
+    """None when the stored bytes were not a message at all."""
+    raw: bytes
+    reason: str
+    delivery_count: int
+    dead_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    ready: int
+    delayed: int
+    reserved: int
+
+
+def clamp_priority(priority: int | None) -> int:
+    if priority is None:
+        return 0
+    return 0 if priority < 0 else 9 if priority > 9 else int(priority)
+
+
+class Broker(ABC):
+    """A message broker reached by URL. One instance per process and event loop."""
+
+    scheme: str = ""
+    shares_processes: bool = True
+    """False for brokers that live inside one process (memory://)."""
+
+    def __init__(self, url: str, options: BrokerOptions | None = None):
+        self.url = url
+        self.options = options or BrokerOptions()
+
+    async def publish(self, batch: Sequence[Outgoing]) -> None:
+        """Store every message of ``batch``; returns once they are durable."""
+        if batch:
+            await self._publish(
+                [
+                    o
+                    if 0 <= o.priority <= 9
+                    else Outgoing(o.queue, o.message, clamp_priority(o.priority), o.not_before)
+                    for o in batch
+                ]
+            )
+
+    @abstractmethod
+    def consumer(self, queues: Sequence[str], name: str) -> Consumer:
+        """A consumer of ``queues`` (earlier queues are not preferred: priority rules)."""
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Reach the broker, or raise BrokerUnavailable naming the URL and the fix."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def _publish(self, batch: Sequence[Outgoing]) -> None: ...
+
+    @abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Delete the ready and delayed messages of ``queue``; return how many."""
+
+    @abstractmethod
+    async def stats(self, queue: str) -> QueueStats: ...
+
+    @abstractmethod
+    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first, of one queue or all."""
+
+    @abstractmethod
+    async def requeue_dead_letters(self, ids: Sequence[str]) -> int:
+        """Put dead letters back on their queues, with a fresh delivery count."""
+
+    @abstractmethod
+    async def purge_dead_letters(self, queue: str | None = None) -> int: ...
+
+    async def dead_letter_raw(self, queue: str, raw: bytes, reason: str) -> None:
+        """Store bytes that are not a message at all in the dead-letter store."""
+        await self._dead_letter_raw(queue, raw, reason)
+
+    @abstractmethod
+    async def _dead_letter_raw(self, queue: str, raw: bytes, reason: str) -> None: ...
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact_url(self.url)}>"
+
+
+class Consumer(ABC):
+    """Takes deliveries from some queues of a broker, and settles them.
+
+    ``ack`` is buffered and sent with the next ``fetch`` or within
+    ``ack_flush_interval``; a crash before the flush redelivers, which
+    at-least-once allows. The heartbeat timer starts with the first fetch.
+    """
+
+    def __init__(self, broker: Broker, queues: Sequence[str], name: str):
+        if not queues:
+            raise ValueError("a consumer needs at least one queue")
+        self.broker = broker
+        self.queues = tuple(queues)
+        self.name = name
+        self.options = broker.options
+        self._pending_acks: list[Delivery] = []
+        self._held: dict[int, Delivery] = {}
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.last_heartbeat: float = 0.0
+        self.heartbeat_error: BaseException | None = None
+
+    @property
+    def held(self) -> int:
+        """Deliveries owned and not yet acked."""
+        return len(self._held)
+
+    async def fetch(self, limit: int, timeout: float) -> list[Delivery]:
+        """Up to ``limit`` deliveries; waits up to ``timeout`` seconds for the first."""
+        if self._closed:
+            raise RuntimeError("consumer is closed")
+        self._start_heartbeat()
+        await self.flush_acks()
+        deliveries = await self._fetch(limit, timeout)
+        ready: list[Delivery] = []
+        doomed: list[Delivery] = []
+        for d in deliveries:
+            (doomed if d.delivery_count > self.options.max_deliveries else ready).append(d)
+        for d in doomed:
+            reason = f"delivered {d.delivery_count - 1} times without an ack"
+            await self.dead_letter(d, reason)
+        for d in ready:
+            self._held[id(d)] = d
+        return ready
+
+    async def ack(self, delivery: Delivery) -> None:
+        self._held.pop(id(delivery), None)
+        self._pending_acks.append(delivery)
+        if self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(self.options.ack_flush_interval, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        if self._pending_acks and (self._flush_task is None or self._flush_task.done()):
+            self._flush_task = asyncio.get_running_loop().create_task(self.flush_acks())
+
+    async def flush_acks(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._pending_acks:
+            batch, self._pending_acks = self._pending_acks, []
+            try:
+                await self._ack(batch)
+            except BaseException:
+                self._pending_acks[:0] = batch
+                raise
+
+    async def requeue(self, delivery: Delivery, delay: float = 0.0, *, count: bool = True) -> None:
+        """Hand a delivery back, visible after ``delay`` seconds.
+
+        ``count=False`` (rate limits, shutdown) takes this delivery off the
+        count that leads to the dead-letter store.
+        """
+        self._held.pop(id(delivery), None)
+        not_before = time.time() + delay if delay > 0 else None
+        await self._release([delivery], not_before, uncount=not count)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self._held.pop(id(delivery), None)
+        logger.error(
+            "dead-lettered message %s from queue %r: %s",
+            delivery.message.headers.get("id", "?"),
+            delivery.queue,
+            reason,
+        )
+        await self._dead_letter(delivery, reason)
+
+    async def heartbeat(self) -> None:
+        """Renew the leases of every delivery this consumer holds."""
+        await self._heartbeat()
+        self.last_heartbeat = time.time()
+
+    async def close(self) -> None:
+        """Flush acks, hand back what is held (uncounted), stop the heartbeat."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        with contextlib.suppress(Exception):
+            await self.flush_acks()
+        if self._held:
+            held, self._held = list(self._held.values()), {}
+            with contextlib.suppress(Exception):
+                await self._release(held, None, uncount=True)
+        await self._close()
+
+    def abandon(self) -> None:
+        """Stop heartbeating and forget what is held, as a consumer that died would."""
+        self._closed = True
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._held.clear()
+        self._pending_acks.clear()
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.options.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.heartbeat()
+                self.heartbeat_error = None
+            except Exception as exc:  # the worker reports it; the loop keeps trying
+                self.heartbeat_error = exc
+                logger.warning("heartbeat to %r failed: %s", self.broker, exc)
+
+    @abstractmethod
+    async def _fetch(self, limit: int, timeout: float) -> list[Delivery]: ...
+
+    @abstractmethod
+    async def _ack(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    @abstractmethod
+    async def _release(
+        self, deliveries: Sequence[Delivery], not_before: float | None, *, uncount: bool
+    ) -> None: ...
+
+    @abstractmethod
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+
+    @abstractmethod
+    async def _heartbeat(self) -> None: ...
+
+    async def _close(self) -> None:  # noqa: B027 - optional hook
+        """Release the consumer's own resources, if it has any."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and banners)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, at, host = rest.rpartition("@")
+    user, colon, _password = creds.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}{at}{host}"

@@ -1,0 +1,163 @@
+"""Every exception celeriac raises, in one tree.
+
+::
+
+    CeleriacError
+    ├── ConfigurationError          bad setting, bad URL, unknown app
+    │   └── UnknownSettingError     a misspelled setting (names the nearest one)
+    ├── BrokerError                 a broker refused or failed an operation
+    │   └── BrokerUnavailable       cannot reach the broker (names URL and fix)
+    ├── BackendError                the result store failed
+    ├── SerializationError          cannot encode or decode a payload
+    │   └── ContentDisallowed       content type not in accept_content (e.g. pickle)
+    ├── MessageError                a message that is not Celery protocol v2
+    ├── NotRegistered               no task of that name in the registry
+    ├── TimeoutError                AsyncResult.get() waited too long (also builtins.TimeoutError)
+    ├── TaskError                   a task failed and its exception type is not importable here
+    ├── TaskRevokedError            the task was revoked
+    ├── MaxRetriesExceededError     self.retry() past max_retries
+    ├── TimeLimitExceeded           hard time limit; the task was stopped
+    └── SoftTimeLimitExceeded       raised inside a task at its soft time limit
+
+    TaskControl (BaseException)     control flow raised inside tasks, not errors
+    ├── Retry                       self.retry(): run again later
+    ├── Reject                      refuse the message (requeue or dead-letter)
+    └── Ignore                      do not record a result
+
+Driver exceptions (sqlite3, redis, ...) are turned into these at the broker and
+backend boundary; nothing above ``brokers/`` and ``backends/`` sees them.
+"""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from typing import Any
+
+
+class CeleriacError(Exception):
+    """Base of every error celeriac raises."""
+
+
+class ConfigurationError(CeleriacError):
+    """A setting, URL or app reference is wrong; the message says how to fix it."""
+
+
+class UnknownSettingError(ConfigurationError, KeyError):
+    """A setting name that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class BrokerError(CeleriacError):
+    """The broker failed an operation."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached."""
+
+
+class BackendError(CeleriacError):
+    """The result store failed an operation."""
+
+
+class SerializationError(CeleriacError):
+    """A payload could not be encoded or decoded."""
+
+
+class ContentDisallowed(SerializationError):
+    """A content type the app does not accept (pickle unless opted in)."""
+
+
+class MessageError(CeleriacError):
+    """A message that is not a valid Celery protocol v2 task message."""
+
+
+class NotRegistered(CeleriacError, KeyError):
+    """No task of that name is registered with the app."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TimeoutError(CeleriacError, builtins.TimeoutError):
+    """Waiting for a result took longer than the timeout."""
+
+
+class TaskError(CeleriacError):
+    """A task failed with an exception whose class is not imported in this process.
+
+    celeriac never imports a module named by stored data, so the remote
+    exception arrives as this, carrying its type name, message and traceback.
+    """
+
+    def __init__(self, exc_type: str, exc_message: str, remote_traceback: str | None = None):
+        super().__init__(f"{exc_type}: {exc_message}")
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.remote_traceback = remote_traceback
+
+
+class TaskRevokedError(CeleriacError):
+    """The task was revoked before it ran."""
+
+
+class MaxRetriesExceededError(CeleriacError):
+    """The task asked to retry more times than max_retries allows."""
+
+
+class TimeLimitExceeded(CeleriacError):
+    """The task ran past its hard time limit and was stopped."""
+
+
+class SoftTimeLimitExceeded(CeleriacError):
+    """Raised inside a task when it reaches its soft time limit."""
+
+
+class TaskControl(BaseException):
+    """Control flow raised inside a task; never an error to report."""
+
+
+class Retry(TaskControl):
+    """Raised by ``Task.retry()``: the task will run again at ``when``."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        exc: BaseException | None = None,
+        when: float | datetime | None = None,
+        *,
+        new_args: tuple[Any, ...] | None = None,
+        new_kwargs: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ):
+        super().__init__(message, exc, when)
+        self.message = message
+        self.exc = exc
+        self.when = when
+        self.new_args = new_args
+        self.new_kwargs = new_kwargs
+        self.options = options or {}
+
+    def humanize(self) -> str:
+        if isinstance(self.when, int | float):
+            return f"in {self.when}s"
+        return f"at {self.when}" if self.when is not None else "now"
+
+    def __str__(self) -> str:
+        reason = f": {self.exc!r}" if self.exc is not None else ""
+        return f"Retry {self.humanize()}{reason}"
+
+
+class Reject(TaskControl):
+    """Raised to refuse a message; ``requeue=False`` sends it to the dead-letter queue."""
+
+    def __init__(self, reason: object = None, requeue: bool = False):
+        super().__init__(reason, requeue)
+        self.reason = reason
+        self.requeue = requeue
+
+
+class Ignore(TaskControl):
+    """Raised to end a task without storing any result or state."""

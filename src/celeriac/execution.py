@@ -1,0 +1,114 @@
+"""Calling a task function with its request, and what came of it.
+
+Shared by the worker and by eager ``Task.apply()``, so both run a task the
+same way: the request is set for ``self.request``, control-flow exceptions
+(Retry, Reject, Ignore) become outcomes, and retry delays follow the task's
+backoff options.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback as tb
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import states
+from .errors import Ignore, Reject, Retry
+from .request import Request, current_request
+
+if TYPE_CHECKING:
+    from .task import Task
+
+__all__ = ["Outcome", "autoretry_countdown", "call_async", "call_sync"]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What running a task produced. ``state`` is one of ``celeriac.states``."""
+
+    state: str
+    value: Any = None
+    exc: BaseException | None = None
+    traceback: str | None = None
+    runtime: float = 0.0
+    retry_countdown: float | None = None
+    """For RETRY: seconds until the next attempt."""
+    requeue: bool = False
+    """For REJECTED: hand the message back instead of dead-lettering it."""
+
+
+def _classify(exc: BaseException, started: float) -> Outcome:
+    runtime = time.perf_counter() - started
+    if isinstance(exc, Retry):
+        return Outcome(states.RETRY, exc=exc, runtime=runtime, retry_countdown=_when(exc.when))
+    if isinstance(exc, Reject):
+        return Outcome(states.REJECTED, exc=exc, runtime=runtime, requeue=exc.requeue)
+    if isinstance(exc, Ignore):
+        return Outcome(states.IGNORED, runtime=runtime)
+    return Outcome(states.FAILURE, exc=exc, traceback=tb.format_exc(), runtime=runtime)
+
+
+def _when(when: Any) -> float | None:
+    if when is None:
+        return None
+    if isinstance(when, int | float):
+        return float(when)
+    return max(0.0, float(when.timestamp()) - time.time())
+
+
+def call_sync(task: Task[Any, Any], request: Request) -> Outcome:
+    """Run a sync task function in this thread."""
+    token = current_request.set(request)
+    started = time.perf_counter()
+    try:
+        value = task.run(*request.args, **request.kwargs)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return _classify(exc, started)
+    finally:
+        current_request.reset(token)
+    return Outcome(states.SUCCESS, value, runtime=time.perf_counter() - started)
+
+
+async def call_async(task: Task[Any, Any], request: Request) -> Outcome:
+    """Run an ``async def`` task on the running loop (its own context)."""
+    token = current_request.set(request)
+    started = time.perf_counter()
+    try:
+        value = await task.run(*request.args, **request.kwargs)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return _classify(exc, started)
+    finally:
+        current_request.reset(token)
+    return Outcome(states.SUCCESS, value, runtime=time.perf_counter() - started)
+
+
+def autoretry_countdown(task: Task[Any, Any], exc: BaseException, retries: int) -> float | None:
+    """Seconds before retrying ``exc`` under ``autoretry_for``, or None to not retry."""
+    if not task.autoretry_for or not isinstance(exc, task.autoretry_for):
+        return None
+    if task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for):
+        return None
+    max_retries = task.retry_kwargs.get("max_retries", task.max_retries)
+    if max_retries is not None and retries >= max_retries:
+        return None
+    if "countdown" in task.retry_kwargs:
+        return float(task.retry_kwargs["countdown"])
+    if task.retry_backoff:
+        return backoff_interval(
+            float(task.retry_backoff), retries, task.retry_backoff_max, task.retry_jitter
+        )
+    return float(task.default_retry_delay)
+
+
+def backoff_interval(factor: float, retries: int, maximum: float, full_jitter: bool) -> float:
+    """Celery's exponential backoff: ``factor * 2**retries``, capped, optionally jittered."""
+    countdown: float = min(maximum, factor * (2**retries))
+    if full_jitter:
+        countdown = random.uniform(0, countdown)
+    return max(0.0, countdown)

@@ -1,0 +1,193 @@
+"""``AsyncResult``: a handle on a task's outcome, with Celery's API and async twins."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from . import states
+from ._sync import run_sync
+from .backends.base import ResultMeta
+from .errors import TaskRevokedError
+from .exception_codec import decode_exception
+
+if TYPE_CHECKING:
+    from .app import Celeriac
+
+R = TypeVar("R")
+
+__all__ = ["AsyncResult", "EagerResult"]
+
+
+class AsyncResult(Generic[R]):
+    """The result of task ``id``, read from the app's result store.
+
+    ``state`` is PENDING for an id the store has never seen, as in Celery;
+    ``known()`` tells such an id from one that was sent and is waiting (the
+    client stores PENDING when it sends, unless ``result_store_pending`` is off).
+    """
+
+    def __init__(self, id: str, app: Celeriac | None = None, task_name: str | None = None):
+        if app is None:
+            from .app import current_app
+
+            app = current_app()
+        self.id = id
+        self.app = app
+        self.name = task_name
+        self._cache: ResultMeta | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            return other.id == self.id
+        return other == self.id if isinstance(other, str) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- async core --------------------------------------------------------
+    async def ameta(self) -> ResultMeta | None:
+        if self._cache is not None:
+            return self._cache
+        backend = await self.app.abackend()
+        meta = await backend.get(self.id)
+        if meta is not None and meta.ready:
+            self._cache = meta
+        return meta
+
+    async def aget(
+        self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5
+    ) -> R:
+        """Wait for the outcome; return the value or raise the task's exception."""
+        meta = self._cache
+        if meta is None:
+            backend = await self.app.abackend()
+            meta = await backend.wait(self.id, timeout, interval)
+            self._cache = meta
+        return self._outcome(meta, propagate)
+
+    async def aforget(self) -> None:
+        self._cache = None
+        backend = await self.app.abackend()
+        await backend.forget(self.id)
+
+    async def astate(self) -> str:
+        meta = await self.ameta()
+        return states.PENDING if meta is None else meta.status
+
+    def _outcome(self, meta: ResultMeta, propagate: bool) -> R:
+        if meta.status == states.SUCCESS:
+            return meta.result  # type: ignore[no-any-return]
+        if meta.status in states.PROPAGATE_STATES:
+            exc = self._exception(meta)
+            if propagate:
+                raise exc
+            return exc  # type: ignore[return-value]
+        return meta.result  # type: ignore[no-any-return]
+
+    def _exception(self, meta: ResultMeta) -> BaseException:
+        if meta.status == states.REVOKED:
+            return TaskRevokedError(f"task {self.id} was revoked")
+        return decode_exception(meta.result, meta.traceback)
+
+    # -- sync facade -------------------------------------------------------
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> R:
+        """Block until the task is ready (see :meth:`aget`)."""
+        if disable_sync_subtasks:
+            _refuse_inside_task()
+        return run_sync(lambda: self.aget(timeout, propagate, interval))
+
+    def wait(
+        self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5
+    ) -> R:
+        return self.get(timeout, propagate, interval)
+
+    def _meta(self) -> ResultMeta | None:
+        return run_sync(self.ameta)
+
+    @property
+    def state(self) -> str:
+        meta = self._meta()
+        return states.PENDING if meta is None else meta.status
+
+    status = state
+
+    def known(self) -> bool:
+        """Whether the result store has any record of this id."""
+        return self._meta() is not None
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The return value, the exception of a failed task, or None."""
+        meta = self._meta()
+        if meta is None:
+            return None
+        if meta.status in states.EXCEPTION_STATES:
+            return self._exception(meta)
+        return meta.result
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        meta = self._meta()
+        return None if meta is None else meta.traceback
+
+    @property
+    def date_done(self) -> str | None:
+        meta = self._meta()
+        return None if meta is None else meta.date_done
+
+    @property
+    def children(self) -> list[Any]:
+        meta = self._meta()
+        return [] if meta is None else list(meta.children)
+
+    def forget(self) -> None:
+        run_sync(self.aforget)
+
+
+class EagerResult(AsyncResult[R]):
+    """The result of ``Task.apply()``: already known, never stored."""
+
+    def __init__(self, id: str, app: Celeriac, meta: ResultMeta, task_name: str | None = None):
+        super().__init__(id, app, task_name)
+        self._cache = meta
+
+    async def ameta(self) -> ResultMeta | None:
+        return self._cache
+
+    async def aforget(self) -> None:
+        self._cache = ResultMeta(self.id, states.PENDING)
+
+
+def _refuse_inside_task() -> None:
+    from .request import current_request
+
+    request = current_request.get()
+    if request.id is not None and not request.is_eager:
+        raise RuntimeError(
+            "Never call result.get() within a task: it can deadlock the worker. "
+            "Use a chain or a callback (link=...), or pass disable_sync_subtasks=False."
+        )

@@ -1,0 +1,213 @@
+"""Settings: Celery's lowercase names, typed, validated, with safe defaults.
+
+Sources, later ones win: defaults, ``CELERIAC_<NAME>`` environment variables,
+the app constructor, ``app.conf.update()`` / ``app.config_from_object()``.
+An unknown name is an error that names the nearest valid one.
+
+Defaults that differ from Celery's, and why (also in docs/configuration.md):
+
+* ``task_acks_late=True``: a task is acknowledged after it ran, so a worker
+  that dies mid-task does not lose it (Celery: False, at-most-once).
+* ``task_reject_on_worker_lost=True``: such a task is delivered again, and
+  dead-lettered after ``broker_max_deliveries`` (Celery: False, marked failed).
+* ``worker_prefetch_multiplier=1``: a worker takes only what it can start now,
+  so one slow task does not hold others hostage (Celery: 4).
+* ``accept_content=["json"]``: pickle is refused unless named here.
+* ``result_backend``: defaults to the broker's own store (embedded SQLite by
+  default) instead of no result store at all.
+* ``task_eager_propagates=True``: eager mode raises the task's error instead
+  of hiding it in a result nobody reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any, get_type_hints
+
+import orjson
+
+from .errors import ConfigurationError, UnknownSettingError
+
+ENV_PREFIX = "CELERIAC_"
+
+
+@dataclasses.dataclass(slots=True)
+class Settings:
+    # connections
+    broker_url: str | None = None
+    result_backend: str | None = None
+    broker_connection_timeout: float = 4.0
+    broker_lease_timeout: float = 10.0
+    broker_max_deliveries: int = 5
+    broker_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # serialization
+    task_serializer: str = "json"
+    result_serializer: str = "json"
+    accept_content: list[str] = dataclasses.field(default_factory=lambda: ["json"])
+    result_accept_content: list[str] | None = None
+    # tasks
+    task_default_queue: str = "celery"
+    task_default_priority: int | None = None
+    task_routes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    task_acks_late: bool = True
+    task_reject_on_worker_lost: bool = True
+    task_time_limit: float | None = None
+    task_soft_time_limit: float | None = None
+    task_default_rate_limit: str | None = None
+    task_ignore_result: bool = False
+    task_track_started: bool = False
+    task_always_eager: bool = False
+    task_eager_propagates: bool = True
+    task_default_retry_delay: float = 180.0
+    task_max_retries: int | None = 3
+    task_redact_kwargs: list[str] = dataclasses.field(default_factory=list)
+    task_annotations: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # results
+    result_expires: float | None = 86400.0
+    result_extended: bool = False
+    result_store_pending: bool = True
+    # worker
+    worker_pool: str = "process"
+    worker_concurrency: int | None = None
+    worker_prefetch_multiplier: int = 1
+    worker_max_tasks_per_child: int | None = None
+    worker_max_memory_per_child: int | None = None
+    worker_shutdown_timeout: float = 30.0
+    worker_async_concurrency: int = 100
+    worker_hijack_root_logger: bool = True
+    # app
+    imports: list[str] = dataclasses.field(default_factory=list)
+    include: list[str] = dataclasses.field(default_factory=list)
+    timezone: str = "UTC"
+    enable_utc: bool = True
+    beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        merged = {**(values or {}), **kwargs}
+        for name, value in merged.items():
+            setattr(self, check_name(name), coerce(name, value))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name) if name in SETTING_NAMES else default
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, check_name(name))
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        setattr(self, check_name(name), coerce(name, value))
+
+    def __contains__(self, name: object) -> bool:
+        return name in SETTING_NAMES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in SETTING_NAMES}
+
+    def config_from_object(self, obj: object, namespace: str | None = None) -> None:
+        """Load settings from a module or object (Celery's ``config_from_object``).
+
+        With ``namespace="CELERY"``, only ``CELERY_``-prefixed names are read
+        (``CELERY_BROKER_URL`` sets ``broker_url``), as in Django settings.
+        Without one, every public attribute that is not a module, class or
+        function must be a setting.
+        """
+        values: dict[str, Any] = {}
+        for attr in dir(obj):
+            if attr.startswith("_"):
+                continue
+            value = getattr(obj, attr)
+            if namespace:
+                prefix = namespace.rstrip("_") + "_"
+                if attr.startswith(prefix):
+                    values[attr[len(prefix) :].lower()] = value
+            elif not isinstance(value, types.ModuleType | type | types.FunctionType):
+                values[attr] = value
+        self.update(values)
+
+    def load_environment(self, environ: Mapping[str, str] | None = None) -> None:
+        """Apply ``CELERIAC_<NAME>`` variables (values are JSON, or plain strings)."""
+        env = os.environ if environ is None else environ
+        for key, raw in env.items():
+            if key.startswith(ENV_PREFIX):
+                name = key[len(ENV_PREFIX) :].lower()
+                if name not in SETTING_NAMES:
+                    raise UnknownSettingError(_unknown_message(name, f"environment variable {key}"))
+                self.update({name: _parse_env_value(name, raw)})
+
+
+SETTING_TYPES: dict[str, Any] = get_type_hints(Settings)
+SETTING_NAMES: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Settings))
+_CHOICES = {"worker_pool": ("process", "thread", "async", "solo")}
+
+
+def _unknown_message(name: str, where: str = "setting") -> str:
+    close = difflib.get_close_matches(name, SETTING_NAMES, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {where} {name!r}{hint}"
+
+
+def check_name(name: str) -> str:
+    if name not in SETTING_NAMES:
+        lowered = name.lower()
+        if lowered in SETTING_NAMES:
+            raise UnknownSettingError(
+                f"unknown setting {name!r}; celeriac uses Celery's lowercase names: {lowered!r}"
+            )
+        raise UnknownSettingError(_unknown_message(name))
+    return name
+
+
+def _parse_env_value(name: str, raw: str) -> Any:
+    hint = SETTING_TYPES[name]
+    if hint is str or hint == str | None:
+        return raw
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        if _accepts(hint, list):
+            return [part.strip() for part in raw.split(",") if part.strip()]
+        if _accepts(hint, bool) and raw.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return raw.lower() in ("true", "yes", "on")
+        return raw
+
+
+def _accepts(hint: Any, kind: type) -> bool:
+    options = getattr(hint, "__args__", None) if isinstance(hint, types.UnionType) else (hint,)
+    return any((getattr(o, "__origin__", o) is kind) for o in options or ())
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Validate ``value`` for setting ``name``; return it in the setting's type."""
+    hint = SETTING_TYPES[name]
+    if value is None:
+        if _accepts(hint, type(None)):
+            return None
+        raise ConfigurationError(f"setting {name!r} cannot be None")
+    if _accepts(hint, bool) and isinstance(value, bool):
+        return value
+    if _accepts(hint, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if _accepts(hint, float) and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if _accepts(hint, str) and isinstance(value, str):
+        choices = _CHOICES.get(name)
+        if choices and value not in choices:
+            raise ConfigurationError(f"setting {name!r} must be one of {choices}, not {value!r}")
+        return value
+    if (
+        _accepts(hint, list)
+        and isinstance(value, Iterable)
+        and not isinstance(value, str | Mapping)
+    ):
+        return list(value)
+    if _accepts(hint, list) and isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if _accepts(hint, dict) and isinstance(value, Mapping):
+        return dict(value)
+    expected = getattr(hint, "__name__", None) or str(hint)
+    raise ConfigurationError(
+        f"setting {name!r} must be {expected}, not {type(value).__name__} ({value!r})"
+    )

@@ -1,0 +1,85 @@
+"""How a worker runs: pool, concurrency, queues; and how the defaults are chosen."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ..app import Celeriac
+
+POOLS = ("process", "thread", "async", "solo")
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    pool: str
+    processes: int
+    """Child processes (process pool) or 1."""
+    slots_per_process: int
+    """Tasks one process runs at once."""
+    queues: list[str]
+    prefetch_multiplier: int = 1
+    hostname: str = field(default_factory=lambda: f"celeriac@{socket.gethostname()}")
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None
+    shutdown_timeout: float = 30.0
+
+    @property
+    def concurrency(self) -> int:
+        return self.processes * self.slots_per_process
+
+
+def choose_config(
+    app: Celeriac,
+    *,
+    pool: str | None = None,
+    concurrency: int | None = None,
+    queues: list[str] | None = None,
+    prefetch_multiplier: int | None = None,
+    hostname: str | None = None,
+) -> WorkerConfig:
+    """The worker's shape from flags, then settings, then the machine.
+
+    With no flags: the process pool with one child per core. Each child runs
+    one sync task at a time; if every registered task is ``async def``, each
+    child instead runs up to ``worker_async_concurrency`` coroutines.
+    """
+    conf = app.conf
+    pool = pool or conf.worker_pool
+    if pool not in POOLS:
+        raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
+    if app.broker_url.startswith("memory://") and pool == "process":
+        raise ConfigurationError(
+            "the memory:// broker lives inside one process; "
+            "run the worker with -P thread, async or solo"
+        )
+    cores = os.cpu_count() or 1
+    wanted = concurrency or conf.worker_concurrency
+    user_tasks = [t for name, t in app.tasks.items() if not name.startswith("celeriac.")]
+    all_async = bool(user_tasks) and all(t.is_async for t in user_tasks)
+    if pool == "process":
+        processes, slots = wanted or cores, (conf.worker_async_concurrency if all_async else 1)
+    elif pool == "thread":
+        processes, slots = 1, wanted or cores * 4
+    elif pool == "async":
+        processes, slots = 1, wanted or conf.worker_async_concurrency
+    else:
+        processes, slots = 1, 1
+    config = WorkerConfig(
+        pool=pool,
+        processes=processes,
+        slots_per_process=slots,
+        queues=queues or [conf.task_default_queue],
+        prefetch_multiplier=prefetch_multiplier or conf.worker_prefetch_multiplier,
+        max_tasks_per_child=conf.worker_max_tasks_per_child,
+        max_memory_per_child=conf.worker_max_memory_per_child,
+        shutdown_timeout=conf.worker_shutdown_timeout,
+    )
+    if hostname:
+        config.hostname = hostname
+    return config

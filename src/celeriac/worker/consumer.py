@@ -1,0 +1,266 @@
+"""The consume loop of one worker process: fetch, run through the hooks, settle.
+
+It knows the middleware hooks, not the features behind them. Warm shutdown
+(``request_stop``): stop fetching, let running tasks finish within
+``shutdown_timeout``, hand deliveries that never started back to the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import resource
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .. import states
+from ..backends.base import ResultMeta, utcnow_iso
+from ..brokers.base import Consumer, Delivery
+from ..errors import BrokerError, TimeLimitExceeded
+from ..exception_codec import encode_exception
+from ..execution import Outcome
+from .context import WorkerContext
+from .executor import Executor
+from .job import Job, Undeliverable, decode_job
+from .middleware import Defer, Middleware, Skip, default_middleware
+
+if TYPE_CHECKING:
+    from ..app import Celeriac
+
+logger = logging.getLogger("celeriac.worker")
+
+__all__ = ["ConsumerStats", "TaskConsumer"]
+
+FETCH_TIMEOUT = 0.5
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    """``statistics()`` of a consume loop."""
+
+    pid: int = field(default_factory=os.getpid)
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    running: int = 0
+    broker_ok: bool = True
+    last_error: str | None = None
+
+
+class TaskConsumer:
+    def __init__(
+        self,
+        app: Celeriac,
+        queues: Sequence[str],
+        *,
+        concurrency: int = 1,
+        prefetch_multiplier: int = 1,
+        hostname: str = "celeriac",
+        processes: int = 1,
+        middleware: list[Middleware] | None = None,
+        max_tasks: int | None = None,
+        max_memory_kib: int | None = None,
+        shutdown_timeout: float = 30.0,
+        exit_on_hard_timeout: bool = False,
+        on_deadline: Callable[[float], None] | None = None,
+    ):
+        self.app = app
+        self.queues = list(queues)
+        self.concurrency = max(1, concurrency)
+        self.capacity = self.concurrency * max(1, prefetch_multiplier)
+        self.ctx = WorkerContext(app, app.codec, hostname, self.concurrency, processes)
+        self.middleware = default_middleware() if middleware is None else middleware
+        self.max_tasks = max_tasks
+        self.max_memory_kib = max_memory_kib
+        self.shutdown_timeout = shutdown_timeout
+        self.exit_on_hard_timeout = exit_on_hard_timeout
+        self.on_deadline = on_deadline
+        self.stats = ConsumerStats()
+        self._executor = Executor(self.concurrency)
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._stopping = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stop_reason = "stopped"
+
+    def statistics(self) -> ConsumerStats:
+        self.stats.running = len(self._inflight)
+        return self.stats
+
+    def request_stop(self, reason: str = "stopped") -> None:
+        """Begin a warm shutdown; safe to call from any thread."""
+        self.stop_reason = reason
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._stopping.set()
+        else:
+            loop.call_soon_threadsafe(self._stopping.set)
+
+    async def run(self) -> str:
+        """Consume until stopped; return why it stopped."""
+        self._loop = asyncio.get_running_loop()
+        broker = await self.app.abroker()
+        name = f"{self.ctx.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        consumer = broker.consumer(self.queues, name)
+        for mw in self.middleware:
+            await mw.startup(self.ctx)
+        try:
+            await self._consume(consumer)
+        finally:
+            await self._drain(consumer)
+            for mw in self.middleware:
+                with contextlib.suppress(Exception):
+                    await mw.shutdown(self.ctx)
+        return self.stop_reason
+
+    async def _consume(self, consumer: Consumer) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            room = self.capacity - len(self._inflight)
+            if room <= 0:
+                await asyncio.wait(
+                    self._inflight, timeout=FETCH_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+                )
+                continue
+            try:
+                deliveries = await consumer.fetch(room, FETCH_TIMEOUT)
+            except BrokerError as exc:
+                self._broker_down(exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if not self.stats.broker_ok:
+                logger.warning("broker %r reachable again; consuming", consumer.broker)
+                self.stats.broker_ok, self.stats.last_error = True, None
+            backoff = 0.1
+            for delivery in deliveries:
+                task = asyncio.get_running_loop().create_task(self._handle(consumer, delivery))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    def _broker_down(self, exc: BaseException, backoff: float) -> None:
+        self.stats.broker_ok = False
+        self.stats.last_error = str(exc)
+        logger.error("cannot consume from the broker (%s); retrying in ~%.1fs", exc, backoff)
+
+    async def _drain(self, consumer: Consumer) -> None:
+        if self._inflight:
+            logger.info(
+                "warm shutdown: waiting up to %ss for %d task(s)",
+                self.shutdown_timeout,
+                len(self._inflight),
+            )
+            _, pending = await asyncio.wait(self._inflight, timeout=self.shutdown_timeout)
+            for task in pending:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await consumer.close()
+        self._executor.shutdown(wait=False)
+
+    async def _handle(self, consumer: Consumer, delivery: Delivery) -> None:
+        try:
+            job = decode_job(self.app, self.ctx.codec, delivery, self.ctx.hostname)
+        except Undeliverable as exc:
+            self.stats.dead_lettered += 1
+            await consumer.dead_letter(delivery, str(exc))
+            await self._record_rejection(delivery, exc)
+            return
+        try:
+            await self._process(consumer, job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception(
+                "worker error handling %s[%s]; it will be delivered again", job.name, job.id
+            )
+            with contextlib.suppress(Exception):
+                await consumer.requeue(delivery, delay=1.0)
+
+    async def _record_rejection(self, delivery: Delivery, exc: Undeliverable) -> None:
+        """Tell a waiting caller why its task will never run (REJECTED), if it has an id."""
+        task_id = delivery.message.headers.get("id")
+        if not isinstance(task_id, str) or not task_id:
+            return
+        try:
+            backend = await self.app.abackend()
+            await backend.store(
+                ResultMeta(task_id, states.REJECTED, encode_exception(exc), date_done=utcnow_iso())
+            )
+        except Exception as store_exc:
+            logger.warning("could not record the rejection of %s: %s", task_id, store_exc)
+
+    async def _process(self, consumer: Consumer, job: Job) -> None:
+        decision: Skip | Defer | None = None
+        for mw in self.middleware:
+            decision = await mw.before_task(self.ctx, job)
+            if decision is not None:
+                break
+        if isinstance(decision, Defer):
+            await consumer.requeue(job.delivery, decision.delay, count=False)
+            return
+        if isinstance(decision, Skip):
+            outcome = decision.outcome
+        else:
+            async with self._slots:
+                if self._stopping.is_set():  # prefetched, never started: hand it back
+                    await consumer.requeue(job.delivery, count=False)
+                    return
+                outcome = await self._run(consumer, job)
+        for mw in self.middleware:
+            outcome = await mw.after_task(self.ctx, job, outcome)
+        await self._settle(consumer, job, outcome)
+
+    async def _run(self, consumer: Consumer, job: Job) -> Outcome:
+        if not job.task.acks_late:  # at most once: acknowledged before it runs
+            await consumer.ack(job.delivery)
+            await consumer.flush_acks()
+        for mw in self.middleware:
+            await mw.task_started(self.ctx, job)
+        return await self._executor.run(job, self.on_deadline)
+
+    async def _settle(self, consumer: Consumer, job: Job, outcome: Outcome) -> None:
+        stats = self.stats
+        stats.processed += 1
+        if outcome.state == states.SUCCESS:
+            stats.succeeded += 1
+        elif outcome.state == states.FAILURE:
+            stats.failed += 1
+        elif outcome.state == states.RETRY:
+            stats.retried += 1
+        if outcome.state == states.REJECTED and outcome.requeue:
+            await consumer.requeue(job.delivery)
+        elif outcome.state == states.REJECTED:
+            await consumer.dead_letter(job.delivery, f"rejected by the task: {outcome.exc}")
+        elif job.task.acks_late:
+            await consumer.ack(job.delivery)
+        if (
+            isinstance(outcome.exc, TimeLimitExceeded)
+            and self.exit_on_hard_timeout
+            and not job.task.is_async
+        ):
+            await consumer.flush_acks()
+            self.request_stop(
+                "hard time limit: the task's thread cannot be stopped, replacing the process"
+            )
+        elif self.max_tasks is not None and stats.processed >= self.max_tasks:
+            self.request_stop(f"max_tasks_per_child={self.max_tasks} reached")
+        elif self.max_memory_kib is not None and _maxrss_kib() > self.max_memory_kib:
+            self.request_stop(f"max_memory_per_child={self.max_memory_kib} KiB exceeded")
+
+
+def _maxrss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,0 +1,22 @@
+"""What middleware may use of the worker process they run in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..serialization import Codec
+
+if TYPE_CHECKING:
+    from ..app import Celeriac
+
+
+@dataclass(slots=True)
+class WorkerContext:
+    app: Celeriac
+    codec: Codec
+    hostname: str
+    concurrency: int
+    """Task slots in this process."""
+    processes: int
+    """Processes of the whole worker (rate limits are shared out among them)."""

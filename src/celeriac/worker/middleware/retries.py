@@ -1,0 +1,70 @@
+"""Retries: ``self.retry()`` and ``autoretry_for``, through the broker's delayed delivery.
+
+The task is published again with the same id, ``retries + 1`` and an eta;
+the worker never sleeps on a retry. Backoff follows the task's
+``retry_backoff``, ``retry_backoff_max`` and ``retry_jitter`` options.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from ... import states
+from ...errors import Retry
+from ...execution import Outcome, autoretry_countdown
+from ...protocol import Message, Outgoing, TaskBody
+from ..context import WorkerContext
+from ..job import Job
+from .base import Middleware
+
+
+class Retries(Middleware):
+    async def after_task(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> Outcome:
+        if outcome.state == states.FAILURE and outcome.exc is not None:
+            countdown = autoretry_countdown(job.task, outcome.exc, job.request.retries)
+            if countdown is None:
+                return outcome
+            outcome = replace(
+                outcome,
+                state=states.RETRY,
+                retry_countdown=countdown,
+                exc=Retry(exc=outcome.exc, when=countdown),
+            )
+        if outcome.state != states.RETRY:
+            return outcome
+        retry = outcome.exc if isinstance(outcome.exc, Retry) else Retry()
+        countdown = outcome.retry_countdown or 0.0
+        await self._republish(ctx, job, retry, countdown)
+        return outcome
+
+    async def _republish(
+        self, ctx: WorkerContext, job: Job, retry: Retry, countdown: float
+    ) -> None:
+        message = job.message
+        not_before = time.time() + countdown
+        headers = dict(message.headers)
+        headers["retries"] = job.request.retries + 1
+        headers["eta"] = datetime.fromtimestamp(not_before, UTC).isoformat()
+        body_bytes = message.body
+        if retry.new_args is not None or retry.new_kwargs is not None:
+            body = TaskBody(
+                retry.new_args if retry.new_args is not None else job.body.args,
+                retry.new_kwargs if retry.new_kwargs is not None else job.body.kwargs,
+                job.body.callbacks,
+                job.body.errbacks,
+                job.body.chain,
+                job.body.chord,
+            )
+            serializer = job.task.serializer or ctx.app.conf.task_serializer
+            body_bytes, _, _ = ctx.codec.dumps(body.to_payload(), serializer)
+        queue = str(retry.options.get("queue") or job.delivery.queue)
+        priority = int(retry.options.get("priority", message.priority) or 0)
+        new = Message(
+            headers, body_bytes, message.content_type, message.content_encoding, message.properties
+        )
+        broker = await ctx.app.abroker()
+        await broker.publish(
+            [Outgoing(queue, new, priority, not_before if countdown > 0 else None)]
+        )

@@ -1,0 +1,166 @@
+"""The process pool: a supervisor that owns N forked children.
+
+Each child is an independent consumer with its own broker connection and
+event loop; no task passes through the supervisor. The supervisor
+
+* replaces a child that exits or is killed (OOM, SIGKILL), with a backoff if
+  children keep dying at start-up; the dead child's unacked tasks come back
+  through the broker once its lease lapses;
+* SIGKILLs a child still busy past its task's hard time limit plus a grace
+  period (children publish their deadline in shared memory);
+* on SIGTERM/SIGINT asks every child for a warm shutdown (SIGTERM), and on a
+  second signal for a cold one (SIGQUIT), SIGKILLing what is left after the
+  shutdown timeout.
+
+The supervisor starts no threads and opens no connections, so forking is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .config import WorkerConfig
+from .process import run_process
+
+if TYPE_CHECKING:
+    from ..app import Celeriac
+
+logger = logging.getLogger("celeriac.worker")
+
+HARD_LIMIT_GRACE = 3.0
+TICK = 0.1
+
+
+@dataclass(slots=True)
+class Child:
+    index: int
+    pid: int
+    started: float
+
+
+class Supervisor:
+    def __init__(self, app: Celeriac, config: WorkerConfig):
+        self.app = app
+        self.config = config
+        self.children: dict[int, Child] = {}
+        self._deadlines: Any = multiprocessing.Array("d", config.processes, lock=False)
+        self._signals = 0
+        self._restarts = 0
+        self._recent_deaths: list[float] = []
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "processes": [c.pid for c in self.children.values()],
+            "restarts": self._restarts,
+            "pool": self.config.pool,
+        }
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for index in range(self.config.processes):
+            self._spawn(index)
+        shutdown_started: float | None = None
+        while self.children:
+            time.sleep(TICK)
+            self._reap()
+            if self._signals == 0:
+                self._watch_deadlines()
+                continue
+            if shutdown_started is None:
+                shutdown_started = time.monotonic()
+            if time.monotonic() - shutdown_started > self.config.shutdown_timeout + 5:
+                self._send_all(signal.SIGKILL)
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            logger.info(
+                "warm shutdown: finishing running tasks (up to %ss); signal again to stop now",
+                self.config.shutdown_timeout,
+            )
+            self._send_all(signal.SIGTERM)
+        else:
+            logger.warning("cold shutdown: unacknowledged tasks will be delivered again")
+            self._send_all(signal.SIGQUIT)
+
+    def _send_all(self, signum: int) -> None:
+        for child in list(self.children.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
+
+    def _spawn(self, index: int) -> None:
+        self._deadlines[index] = 0.0
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                code = run_process(
+                    self.app, self.config, child=True, on_deadline=self._publisher(index)
+                )
+            except BaseException:
+                logger.exception("worker child %d crashed", os.getpid())
+            finally:
+                os._exit(code)
+        self.children[pid] = Child(index, pid, time.monotonic())
+        logger.debug("started child %d (pid %d)", index, pid)
+
+    def _publisher(self, index: int) -> Any:
+        deadlines = self._deadlines
+
+        def publish(deadline: float) -> None:
+            deadlines[index] = deadline + HARD_LIMIT_GRACE if deadline else 0.0
+
+        return publish
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            if self._signals:
+                continue
+            self._report_death(child, status)
+            self._restarts += 1
+            self._spawn(child.index)
+
+    def _report_death(self, child: Child, status: int) -> None:
+        now = time.monotonic()
+        if os.WIFSIGNALED(status):
+            how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        else:
+            how = f"exited with code {os.WEXITSTATUS(status)}"
+        logger.warning("child %d (pid %d) %s; starting a replacement", child.index, child.pid, how)
+        self._recent_deaths = [t for t in self._recent_deaths if now - t < 10] + [now]
+        if now - child.started < 1.0 and len(self._recent_deaths) > 3 * self.config.processes:
+            logger.error("children keep dying at start-up; waiting 5s before the next one")
+            time.sleep(5)
+
+    def _watch_deadlines(self) -> None:
+        now = time.time()
+        for child in self.children.values():
+            deadline = self._deadlines[child.index]
+            if deadline and now > deadline:
+                logger.error(
+                    "child %d (pid %d) is stuck past its task's hard time limit; killing it",
+                    child.index,
+                    child.pid,
+                )
+                self._deadlines[child.index] = 0.0
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
