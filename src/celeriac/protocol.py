@@ -199,7 +199,7 @@ def decode_envelope(data: bytes | str) -> Message:
     body = raw["body"]
     if properties.get("body_encoding") == "base64":
         try:
-            body = base64.b64decode(body)
+            body = base64.b64decode(body, validate=True)
         except (ValueError, TypeError) as exc:
             raise MessageError("envelope body is not base64") from exc
     elif isinstance(body, str):

@@ -197,9 +197,9 @@ class TaskConsumer:
             return
         try:
             backend = await self.app.abackend()
-            await backend.store(
-                ResultMeta(task_id, states.REJECTED, encode_exception(exc), date_done=utcnow_iso())
-            )
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            meta = ResultMeta(task_id, states.REJECTED, encode_exception(cause), date_done=utcnow_iso())
+            await backend.store(meta)
         except Exception as store_exc:
             logger.warning("could not record the rejection of %s: %s", task_id, store_exc)
 

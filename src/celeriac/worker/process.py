@@ -77,6 +77,8 @@ def run_process(
     for signum in warm_signals:
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGQUIT, lambda: os._exit(1))
+    if not child:
+        logger.info("%s ready: consuming %s", config.hostname, ", ".join(config.queues))
     try:
         reason = loop.run_until_complete(_run(app, consumer))
     finally:

@@ -67,6 +67,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         for index in range(self.config.processes):
             self._spawn(index)
+        logger.info("%s ready: %d process(es)", self.config.hostname, len(self.children))
         shutdown_started: float | None = None
         while self.children:
             time.sleep(TICK)

@@ -1,0 +1,145 @@
+"""Defining and calling tasks: names, options, argument checks, eager mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from celeriac import Celeriac, shared_task, states
+from celeriac.errors import MaxRetriesExceededError, NotRegistered
+
+
+def test_names_default_to_module_and_function(app: Celeriac) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert add.name == f"{__name__}.test_names_default_to_module_and_function.<locals>.add"
+    assert app.get_task(add.name) is add
+    assert add(2, 3) == 5
+
+    @app.task(name="custom.name")
+    def other() -> None: ...
+
+    assert "custom.name" in app.tasks
+    with pytest.raises(NotRegistered, match="nope"):
+        app.get_task("nope")
+
+
+def test_wrong_arguments_fail_at_the_call_site(app: Celeriac) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(TypeError, match="add"):
+        add.delay(1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        add.apply_async((1, 2, 3))
+
+
+def test_unknown_apply_async_option_names_the_nearest(app: Celeriac) -> None:
+    @app.task
+    def noop() -> None: ...
+
+    with pytest.raises(TypeError, match="'countdown'"):
+        noop.apply_async(countdwn=3)
+
+
+def test_apply_runs_eagerly_with_request(app: Celeriac) -> None:
+    @app.task(bind=True)
+    def who(self, x: int) -> tuple[str | None, int, bool]:  # type: ignore[no-untyped-def]
+        return self.request.id, x, self.request.is_eager
+
+    result = who.apply((7,), task_id="abc")
+    assert result.get() == ["abc", 7, True] or result.get() == ("abc", 7, True)
+    assert result.state == states.SUCCESS
+
+
+def test_eager_retries_then_succeeds(app: Celeriac) -> None:
+    calls: list[int] = []
+
+    @app.task(bind=True, max_retries=3)
+    def flaky(self) -> int:  # type: ignore[no-untyped-def]
+        calls.append(self.request.retries)
+        if self.request.retries < 2:
+            raise self.retry(countdown=60)
+        return self.request.retries
+
+    assert flaky.apply().get() == 2
+    assert calls == [0, 1, 2]
+
+
+def test_eager_retry_past_max_raises(app: Celeriac) -> None:
+    @app.task(bind=True, max_retries=1)
+    def always(self) -> None:  # type: ignore[no-untyped-def]
+        raise self.retry()
+
+    with pytest.raises(MaxRetriesExceededError):
+        always.apply()
+
+
+def test_eager_autoretry_for(app: Celeriac) -> None:
+    seen: list[int] = []
+
+    @app.task(bind=True, autoretry_for=(ConnectionError,), max_retries=2)
+    def fetch(self) -> str:  # type: ignore[no-untyped-def]
+        seen.append(self.request.retries)
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        fetch.apply()
+    assert seen == [0, 1, 2]
+
+
+def test_eager_failure_without_propagation(app: Celeriac) -> None:
+    app.conf.task_eager_propagates = False
+
+    @app.task
+    def boom() -> None:
+        raise ValueError("bad")
+
+    result = boom.apply()
+    assert result.failed()
+    with pytest.raises(ValueError, match="bad"):
+        result.get()
+    assert isinstance(result.result, ValueError)
+
+
+def test_task_always_eager(app: Celeriac) -> None:
+    app.conf.task_always_eager = True
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert add.delay(1, 2).get() == 3
+
+
+def test_async_task_apply(app: Celeriac) -> None:
+    @app.task
+    async def double(x: int) -> int:
+        return x * 2
+
+    assert double.is_async
+    assert double.apply((21,)).get() == 42
+
+
+def test_shared_task_follows_the_current_app() -> None:
+    @shared_task
+    def shared_add(x: int, y: int) -> int:
+        return x + y
+
+    app = Celeriac("later", broker="memory://shared")
+    assert shared_add.name in app.tasks
+    assert shared_add(1, 1) == 2
+    app.close()
+
+
+def test_signature_clone_and_immutable(app: Celeriac) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    sig = add.s(2)
+    assert sig.clone((3,))["args"] == [3, 2]
+    assert add.si(2, 2).clone((9,))["args"] == [2, 2]
+    assert dict(sig)["task"] == add.name
