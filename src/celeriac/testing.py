@@ -102,9 +102,9 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_timeout: float = 20.0) -> WorkerProcess:
-        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=out,
-                                     start_new_session=True)
+        with open(self.log_path or os.devnull, "wb") as out:  # the child keeps its own copy
+            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=out,
+                                         stderr=out, start_new_session=True)
         if self.log_path is not None:
             deadline = time.monotonic() + ready_timeout
             while time.monotonic() < deadline:

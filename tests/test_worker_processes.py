@@ -1,0 +1,149 @@
+"""The process pool for real: forked children on the SQLite broker, SIGKILL, SIGTERM.
+
+Each test runs ``celeriac -A tests.apps.durable worker`` as a subprocess on a
+fresh database file, with a short broker lease so a dead child's tasks come
+back within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celeriac import Celeriac, states
+from celeriac.errors import TimeLimitExceeded
+from celeriac.result import AsyncResult
+from celeriac.testing import WorkerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    url = f"sqlite:///{tmp_path}/broker.db"
+    values = {
+        "CELERIAC_BROKER_URL": url,
+        "CELERIAC_RESULT_BACKEND": url,
+        "CELERIAC_BROKER_LEASE_TIMEOUT": "2",
+        "CELERIAC_WORKER_SHUTDOWN_TIMEOUT": "10",
+        "RUN_LOG": str(tmp_path / "runs.log"),
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield values
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def client(env: dict[str, str]) -> Iterator[Celeriac]:
+    app = Celeriac("client", broker=env["CELERIAC_BROKER_URL"], backend=env["CELERIAC_RESULT_BACKEND"],
+                   broker_lease_timeout=2.0, set_as_current=False)  # fmt: skip
+    yield app
+    app.close()
+
+
+def worker(env: dict[str, str], tmp_path: Path, *args: str, name: str = "worker") -> WorkerProcess:
+    return WorkerProcess("tests.apps.durable", *args, cwd=ROOT, env=env, log=tmp_path / f"{name}.log")
+
+
+def send_work(client: Celeriac, count: int, seconds: float) -> list[AsyncResult[int]]:
+    return [client.send_task("tests.apps.durable.work", (i, seconds)) for i in range(count)]
+
+
+def runs(env: dict[str, str]) -> Counter[str]:
+    path = Path(env["RUN_LOG"])
+    lines = path.read_text().split("\n") if path.exists() else []
+    return Counter(line.split()[0] for line in lines if line)
+
+
+def wait_for(condition: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_sigkill_of_a_child_mid_task_loses_nothing(
+    env: dict[str, str], client: Celeriac, tmp_path: Path
+) -> None:
+    results = send_work(client, 40, 0.1)
+    with worker(env, tmp_path, "-c", "2") as w:
+        wait_for(lambda: len(runs(env)) >= 5, 20)
+        victim = w.children()[0]
+        os.kill(victim, signal.SIGKILL)
+        values = [r.get(timeout=60) for r in results]
+        assert sorted(values) == list(range(40))
+        assert victim not in w.children() and len(w.children()) == 2
+    counts = runs(env)
+    assert set(counts) == {r.id for r in results}, "a task was lost"
+    assert sum(counts.values()) - len(counts) <= 1, "only the killed child's task may run twice"
+    assert "killed by SIGKILL" in w.log()
+
+
+def test_warm_shutdown_finishes_running_tasks_and_loses_nothing(
+    env: dict[str, str], client: Celeriac, tmp_path: Path
+) -> None:
+    results = send_work(client, 30, 0.2)
+    w = worker(env, tmp_path, "-c", "2").start()
+    wait_for(lambda: len(runs(env)) >= 4, 20)
+    w.signal(signal.SIGTERM)
+    assert w.stop(timeout=30) == 0
+    done_before = runs(env)
+    assert 4 <= len(done_before) < 30
+    with worker(env, tmp_path, "-c", "2", name="second"):
+        assert sorted(r.get(timeout=60) for r in results) == list(range(30))
+    counts = runs(env)
+    assert set(counts) == {r.id for r in results}
+    assert max(counts.values()) == 1, "warm shutdown must not run any task twice"
+
+
+def test_cold_shutdown_redelivers_unacknowledged_tasks(
+    env: dict[str, str], client: Celeriac, tmp_path: Path
+) -> None:
+    results = send_work(client, 4, 3.0)
+    w = worker(env, tmp_path, "-c", "2").start()
+    wait_for(lambda: client.AsyncResult(results[0].id).state == states.PENDING and len(w.children()) == 2, 10)
+    time.sleep(0.5)  # both children are inside a 3-second task
+    w.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    w.signal(signal.SIGTERM)  # second signal: cold
+    started = time.monotonic()
+    w.stop(timeout=10)
+    assert time.monotonic() - started < 5
+    assert len(runs(env)) == 0
+    with worker(env, tmp_path, "-c", "2", name="second"):
+        assert sorted(r.get(timeout=60) for r in results) == [0, 1, 2, 3]
+
+
+def test_hard_time_limit_kills_the_task_and_the_child_is_replaced(
+    env: dict[str, str], client: Celeriac, tmp_path: Path
+) -> None:
+    with worker(env, tmp_path, "-c", "1") as w:
+        first_child = w.children()
+        stuck = client.send_task("tests.apps.durable.spin")
+        started = time.monotonic()
+        with pytest.raises(TimeLimitExceeded):
+            stuck.get(timeout=20)
+        assert time.monotonic() - started < 8
+        assert client.send_task("tests.apps.durable.whoami").get(timeout=20) not in first_child
+
+
+def test_max_tasks_per_child_replaces_children(
+    env: dict[str, str], client: Celeriac, tmp_path: Path
+) -> None:
+    with worker(env, tmp_path, "-c", "1", "--max-tasks-per-child", "2"):
+        pids = [client.send_task("tests.apps.durable.whoami").get(timeout=20) for _ in range(6)]
+    assert len(set(pids)) == 3, pids
