@@ -67,14 +67,31 @@ def test_headers_match_celery_exactly(app: Celeriac, pinned_origin: None) -> Non
     capp = celery.Celery("peer", set_as_current=False)
     eta = datetime(2030, 1, 1, tzinfo=UTC)
     theirs = capp.amqp.as_task_v2(
-        "id-1", "proj.add", args=(1, 2), kwargs={"k": "v"}, eta=eta, retries=2,
-        time_limit=30, soft_time_limit=20, origin="1234@host", group_id="g", group_index=3,
-        parent_id="p", root_id="r",
-    )  # fmt: skip
+        "id-1",
+        "proj.add",
+        args=(1, 2),
+        kwargs={"k": "v"},
+        eta=eta,
+        retries=2,
+        time_limit=30,
+        soft_time_limit=20,
+        origin="1234@host",
+        group_id="g",
+        group_index=3,
+        parent_id="p",
+        root_id="r",
+    )
     opts = SendOptions(
-        task_id="id-1", eta=eta, retries=2, time_limit=30, soft_time_limit=20,
-        group_id="g", group_index=3, parent_id="p", root_id="r",
-    )  # fmt: skip
+        task_id="id-1",
+        eta=eta,
+        retries=2,
+        time_limit=30,
+        soft_time_limit=20,
+        group_id="g",
+        group_index=3,
+        parent_id="p",
+        root_id="r",
+    )
     ours = app.build_outgoing("proj.add", (1, 2), {"k": "v"}, opts)
     assert dict(ours.message.headers) == theirs.headers
     assert orjson.loads(ours.message.body) == orjson.loads(orjson.dumps(theirs.body))
@@ -83,8 +100,13 @@ def test_headers_match_celery_exactly(app: Celeriac, pinned_origin: None) -> Non
 
 
 def test_envelope_round_trip_and_kombu_shape() -> None:
-    message = Message({"id": "i", "task": "t"}, b"\x00\xffbody", "application/x-msgpack", "binary",
-                      {"correlation_id": "i", "priority": 7})  # fmt: skip
+    message = Message(
+        {"id": "i", "task": "t"},
+        b"\x00\xffbody",
+        "application/x-msgpack",
+        "binary",
+        {"correlation_id": "i", "priority": 7},
+    )
     raw = encode_envelope(message, queue="q")
     envelope = orjson.loads(raw)
     assert set(envelope) == {"body", "content-encoding", "content-type", "headers", "properties"}
@@ -98,9 +120,13 @@ def test_envelope_round_trip_and_kombu_shape() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"not json", b"[]", b'{"body": "x"}', b'{"body": "!!", "headers": {}, '
-     b'"properties": {"body_encoding": "base64"}}'],
-)  # fmt: skip
+    [
+        b"not json",
+        b"[]",
+        b'{"body": "x"}',
+        b'{"body": "!!", "headers": {}, "properties": {"body_encoding": "base64"}}',
+    ],
+)
 def test_garbage_envelopes_are_message_errors(raw: bytes) -> None:
     with pytest.raises(MessageError):
         decode_envelope(raw)

@@ -38,14 +38,16 @@ def test_safe_defaults() -> None:
 
 def test_environment_variables() -> None:
     conf = Settings()
-    conf.load_environment({
-        "CELERIAC_BROKER_URL": "redis://h/0",
-        "CELERIAC_ACCEPT_CONTENT": "json,msgpack",
-        "CELERIAC_TASK_ACKS_LATE": "false",
-        "CELERIAC_TASK_ROUTES": '{"a.*": "q"}',
-        "CELERIAC_WORKER_CONCURRENCY": "3",
-        "OTHER": "ignored",
-    })  # fmt: skip
+    conf.load_environment(
+        {
+            "CELERIAC_BROKER_URL": "redis://h/0",
+            "CELERIAC_ACCEPT_CONTENT": "json,msgpack",
+            "CELERIAC_TASK_ACKS_LATE": "false",
+            "CELERIAC_TASK_ROUTES": '{"a.*": "q"}',
+            "CELERIAC_WORKER_CONCURRENCY": "3",
+            "OTHER": "ignored",
+        }
+    )
     assert conf.broker_url == "redis://h/0"
     assert conf.accept_content == ["json", "msgpack"]
     assert conf.task_acks_late is False
@@ -69,7 +71,9 @@ def test_config_from_object_and_django_namespace() -> None:
     app = Celeriac("x", set_as_current=False)
     app.config_from_object(module)
     assert app.conf.task_default_queue == "jobs"
-    django = types.SimpleNamespace(CELERY_BROKER_URL="memory://dj", DEBUG=True, CELERY_TIMEZONE="UTC")
+    django = types.SimpleNamespace(
+        CELERY_BROKER_URL="memory://dj", DEBUG=True, CELERY_TIMEZONE="UTC"
+    )
     app.config_from_object(django, namespace="CELERY")
     assert app.broker_url == "memory://dj"
 

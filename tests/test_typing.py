@@ -39,10 +39,21 @@ def test_mypy_checks_task_calls(tmp_path: Path) -> None:
     source = tmp_path / "typed_use.py"
     source.write_text(SNIPPET)
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", str(tmp_path / "c"),
-         str(source)],
-        capture_output=True, text=True, check=False, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
     out = proc.stdout.replace("builtins.", "")  # mypy versions differ in qualifying builtins
     assert 'Revealed type is "celeriac.result.AsyncResult[int]"' in out, out
     assert 'Revealed type is "int"' in out, out

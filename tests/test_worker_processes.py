@@ -47,14 +47,21 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def client(env: dict[str, str]) -> Iterator[Celeriac]:
-    app = Celeriac("client", broker=env["CELERIAC_BROKER_URL"], backend=env["CELERIAC_RESULT_BACKEND"],
-                   broker_lease_timeout=2.0, set_as_current=False)  # fmt: skip
+    app = Celeriac(
+        "client",
+        broker=env["CELERIAC_BROKER_URL"],
+        backend=env["CELERIAC_RESULT_BACKEND"],
+        broker_lease_timeout=2.0,
+        set_as_current=False,
+    )
     yield app
     app.close()
 
 
 def worker(env: dict[str, str], tmp_path: Path, *args: str, name: str = "worker") -> WorkerProcess:
-    return WorkerProcess("tests.apps.durable", *args, cwd=ROOT, env=env, log=tmp_path / f"{name}.log")
+    return WorkerProcess(
+        "tests.apps.durable", *args, cwd=ROOT, env=env, log=tmp_path / f"{name}.log"
+    )
 
 
 def send_work(client: Celeriac, count: int, seconds: float) -> list[AsyncResult[int]]:
@@ -115,7 +122,12 @@ def test_cold_shutdown_redelivers_unacknowledged_tasks(
 ) -> None:
     results = send_work(client, 4, 3.0)
     w = worker(env, tmp_path, "-c", "2").start()
-    wait_for(lambda: client.AsyncResult(results[0].id).state == states.PENDING and len(w.children()) == 2, 10)
+    wait_for(
+        lambda: (
+            client.AsyncResult(results[0].id).state == states.PENDING and len(w.children()) == 2
+        ),
+        10,
+    )
     time.sleep(0.5)  # both children are inside a 3-second task
     w.signal(signal.SIGTERM)
     time.sleep(0.2)
@@ -147,3 +159,23 @@ def test_max_tasks_per_child_replaces_children(
     with worker(env, tmp_path, "-c", "1", "--max-tasks-per-child", "2"):
         pids = [client.send_task("tests.apps.durable.whoami").get(timeout=20) for _ in range(6)]
     assert len(set(pids)) == 3, pids
+
+
+def test_a_message_that_keeps_killing_workers_is_dead_lettered(
+    env: dict[str, str], client: Celeriac, tmp_path: Path
+) -> None:
+    env = {**env, "CELERIAC_BROKER_MAX_DELIVERIES": "2", "CELERIAC_BROKER_LEASE_TIMEOUT": "1"}
+    poison = client.send_task("tests.apps.durable.poison")
+    with worker(env, tmp_path, "-c", "1") as w:
+        fine = [client.send_task("tests.apps.durable.work", (i, 0.0)) for i in range(3)]
+        assert sorted(r.get(timeout=30) for r in fine) == [0, 1, 2]
+
+        async def letters() -> list[str]:
+            broker = await client.abroker()
+            return [d.message.headers["id"] for d in await broker.dead_letters() if d.message]
+
+        from celeriac._sync import run_sync
+
+        wait_for(lambda: run_sync(letters) == [poison.id], 30)
+        assert w.log().count("killed by SIGKILL") == 2
+        assert "dead-lettered message " + poison.id in w.log()

@@ -191,9 +191,15 @@ class Task(Generic[P, R]):
         retries = int(options.get("retries", 0))
         while True:
             request = Request(
-                id=task_id, task=self.name, args=args, kwargs=kwargs, retries=retries,
-                is_eager=True, root_id=task_id, hostname="eager",
-            )  # fmt: skip
+                id=task_id,
+                task=self.name,
+                args=args,
+                kwargs=kwargs,
+                retries=retries,
+                is_eager=True,
+                root_id=task_id,
+                hostname="eager",
+            )
             outcome = self._run_eagerly(request)
             if not _retries_eagerly(self, outcome, retries):
                 break

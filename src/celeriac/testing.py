@@ -93,8 +93,14 @@ def worker_thread(
 class WorkerProcess:
     """``celeriac -A <app_ref> worker ...`` as a subprocess, for tests that kill things."""
 
-    def __init__(self, app_ref: str, *args: str, cwd: str | Path | None = None,
-                 env: dict[str, str] | None = None, log: Path | None = None):
+    def __init__(
+        self,
+        app_ref: str,
+        *args: str,
+        cwd: str | Path | None = None,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+    ):
         self.cmd = [sys.executable, "-m", "celeriac", "-A", app_ref, "worker", *args]
         self.cwd = str(cwd) if cwd is not None else None
         self.env = {**os.environ, **(env or {})}
@@ -103,8 +109,9 @@ class WorkerProcess:
 
     def start(self, ready_timeout: float = 20.0) -> WorkerProcess:
         with open(self.log_path or os.devnull, "wb") as out:  # the child keeps its own copy
-            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=out,
-                                         stderr=out, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=out, start_new_session=True
+            )
         if self.log_path is not None:
             deadline = time.monotonic() + ready_timeout
             while time.monotonic() < deadline:

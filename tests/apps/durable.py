@@ -37,3 +37,9 @@ def spin() -> None:
 @app.task
 def whoami() -> int:
     return os.getpid()
+
+
+@app.task
+def poison() -> None:
+    """Kills the process that runs it, every time: a message that keeps killing workers."""
+    os.kill(os.getpid(), 9)
