@@ -20,5 +20,4 @@ def run_worker(app: Celeriac, config: WorkerConfig) -> int:
     return run_process(app, config, child=False)
 
 
-
 __all__ = ["Supervisor", "TaskConsumer", "WorkerConfig", "choose_config", "run_worker"]

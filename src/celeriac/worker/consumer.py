@@ -198,7 +198,9 @@ class TaskConsumer:
         try:
             backend = await self.app.abackend()
             cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-            meta = ResultMeta(task_id, states.REJECTED, encode_exception(cause), date_done=utcnow_iso())
+            meta = ResultMeta(
+                task_id, states.REJECTED, encode_exception(cause), date_done=utcnow_iso()
+            )
             await backend.store(meta)
         except Exception as store_exc:
             logger.warning("could not record the rejection of %s: %s", task_id, store_exc)
