@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from celeriac import Celeriac
+from celeriac import Celeriac, Task
 
 app = Celeriac("quickstart")  # no URL: broker and results in ./celeriac.db
 
@@ -23,7 +23,7 @@ def add(x: int, y: int) -> int:
 
 
 @app.task(bind=True, max_retries=3, retry_backoff=True)
-def flaky(self, attempts_needed: int) -> str:  # type: ignore[no-untyped-def]
+def flaky(self: Task[[int], str], attempts_needed: int) -> str:
     if self.request.retries < attempts_needed:
         raise self.retry(countdown=0.1)
     return f"succeeded after {self.request.retries} retries"
