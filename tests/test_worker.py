@@ -345,3 +345,78 @@ def test_serializer_per_task(serializer: str) -> None:
     with worker_thread(app):
         assert echo.delay({"a": 1}).get(timeout=5) == {"a": 1}
     app.close()
+
+
+def test_task_routes_and_queues(app: Celeriac) -> None:
+    app.conf.task_routes = {"*.mail_*": {"queue": "emails"}}
+
+    @app.task
+    def mail_user(user: int) -> int:
+        return user
+
+    @app.task(queue="reports")
+    def report() -> str:
+        return "ok"
+
+    sent = mail_user.delay(1)
+    made = report.delay()
+    with worker_thread(app, queues=["celery"]):
+        time.sleep(0.3)
+        assert not sent.ready() and not made.ready()
+    with worker_thread(app, queues=["emails", "reports"]):
+        assert sent.get(timeout=5) == 1
+        assert made.get(timeout=5) == "ok"
+
+
+def test_sync_and_async_sends_from_inside_an_async_task(app: Celeriac) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    async def fan_out() -> list[str]:
+        first = await add.adelay(1, 2)
+        second = add.delay(3, 4)  # sync call inside a running loop: goes through the portal
+        return [first.id, second.id]
+
+    with worker_thread(app):
+        ids = fan_out.delay().get(timeout=5)
+        assert [app.AsyncResult(i).get(timeout=5) for i in ids] == [3, 7]
+
+
+async def test_async_client_api(app: Celeriac) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with worker_thread(app):
+        result = await add.adelay(20, 22)
+        assert await result.aget(timeout=5) == 42
+        by_name = await app.asend_task(add.name, (1, 1))
+        assert await by_name.aget(timeout=5) == 2
+        assert await by_name.astate() == states.SUCCESS
+    await app.aclose()
+
+
+def test_send_many_in_one_batch(app: Celeriac) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    results = app.send_many(add.s(i, i) for i in range(50))
+    with worker_thread(app):
+        assert [r.get(timeout=5) for r in results] == [2 * i for i in range(50)]
+
+
+def test_priority_order_on_one_slot(app: Celeriac) -> None:
+    order: list[int] = []
+
+    @app.task
+    def mark(n: int) -> None:
+        order.append(n)
+
+    for n in (0, 3, 9, 5):
+        mark.apply_async((n,), priority=n)
+    with worker_thread(app, concurrency=1):
+        mark.apply_async((-1,), priority=0).get(timeout=5)
+    assert order == [9, 5, 3, 0, -1]

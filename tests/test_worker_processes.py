@@ -179,3 +179,11 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered(
         wait_for(lambda: run_sync(letters) == [poison.id], 30)
         assert w.log().count("killed by SIGKILL") == 2
         assert "dead-lettered message " + poison.id in w.log()
+
+
+def test_max_memory_per_child_replaces_children(
+    env: dict[str, str], client: Celeriac, tmp_path: Path
+) -> None:
+    with worker(env, tmp_path, "-c", "1", "--max-memory-per-child", "1"):
+        pids = [client.send_task("tests.apps.durable.whoami").get(timeout=20) for _ in range(3)]
+    assert len(set(pids)) == 3, pids
