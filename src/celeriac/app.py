@@ -14,7 +14,7 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from . import states
 from ._sync import at_exit, run_on_every_loop, run_sync
@@ -57,13 +57,40 @@ class _BoundTaskDecorator(Protocol):
     def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
 
 
+class _Client(Protocol):
+    async def connect(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Client)
+
+
+class _OnFirstUse(Generic[C]):
+    """A broker or result store of one event loop, connected on first use."""
+
+    def __init__(self, client: C):
+        self.client = client
+        self._lock = asyncio.Lock()
+        self._ready = False
+
+    async def get(self) -> C:
+        if not self._ready:
+            async with self._lock:
+                if not self._ready:
+                    await self.client.connect()
+                    self._ready = True
+        return self.client
+
+    async def close(self) -> None:
+        if self._ready:
+            self._ready = False
+            await self.client.close()
+
+
 @dataclass(slots=True)
 class _LoopConnections:
-    broker: Broker
-    backend: ResultBackend
-    lock: asyncio.Lock
-    broker_ready: bool = False
-    backend_ready: bool = False
+    broker: _OnFirstUse[Broker]
+    backend: _OnFirstUse[ResultBackend]
 
 
 class Celeriac:
@@ -220,42 +247,26 @@ class Celeriac:
         conns = self._connections.get(loop)
         if conns is None:
             conns = _LoopConnections(
-                broker_from_url(self.broker_url, self.broker_options()),
-                backend_from_url(self.result_backend_url, self.backend_options()),
-                asyncio.Lock(),
+                _OnFirstUse(broker_from_url(self.broker_url, self.broker_options())),
+                _OnFirstUse(backend_from_url(self.result_backend_url, self.backend_options())),
             )
             self._connections[loop] = conns
         return conns
 
     async def abroker(self) -> Broker:
         """This loop's broker, connected."""
-        conns = self._loop_connections()
-        if not conns.broker_ready:
-            async with conns.lock:
-                if not conns.broker_ready:
-                    await conns.broker.connect()
-                    conns.broker_ready = True
-        return conns.broker
+        return await self._loop_connections().broker.get()
 
     async def abackend(self) -> ResultBackend:
         """This loop's result store, connected."""
-        conns = self._loop_connections()
-        if not conns.backend_ready:
-            async with conns.lock:
-                if not conns.backend_ready:
-                    await conns.backend.connect()
-                    conns.backend_ready = True
-        return conns.backend
+        return await self._loop_connections().backend.get()
 
     async def aclose(self) -> None:
         """Close this loop's connections."""
-        loop = asyncio.get_running_loop()
-        conns = self._connections.pop(loop, None)
+        conns = self._connections.pop(asyncio.get_running_loop(), None)
         if conns is not None:
-            if conns.broker_ready:
-                await conns.broker.close()
-            if conns.backend_ready:
-                await conns.backend.close()
+            await conns.broker.close()
+            await conns.backend.close()
 
     def close(self) -> None:
         """Close the connections that sync calls opened, on every loop."""

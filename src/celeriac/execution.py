@@ -12,6 +12,7 @@ import random
 import time
 import traceback as tb
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import states
@@ -39,15 +40,43 @@ class Outcome:
     """For REJECTED: hand the message back instead of dead-lettering it."""
 
 
-def _classify(exc: BaseException, started: float) -> Outcome:
-    runtime = time.perf_counter() - started
+class _Call:
+    """Sets the request for ``self.request``, times the call, and turns what
+    the function raised into an :class:`Outcome` (SystemExit and
+    KeyboardInterrupt still propagate)."""
+
+    __slots__ = ("outcome", "started", "token")
+
+    def __init__(self, request: Request):
+        self.token = current_request.set(request)
+        self.started = time.perf_counter()
+        self.outcome = Outcome(states.FAILURE)
+
+    def succeeded(self, value: Any) -> None:
+        self.outcome = Outcome(states.SUCCESS, value, runtime=time.perf_counter() - self.started)
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(
+        self, _type: object, exc: BaseException | None, trace: TracebackType | None
+    ) -> bool:
+        current_request.reset(self.token)
+        if exc is None or isinstance(exc, KeyboardInterrupt | SystemExit):
+            return False
+        self.outcome = _classify(exc, trace, time.perf_counter() - self.started)
+        return True
+
+
+def _classify(exc: BaseException, trace: TracebackType | None, runtime: float) -> Outcome:
     if isinstance(exc, Retry):
         return Outcome(states.RETRY, exc=exc, runtime=runtime, retry_countdown=_when(exc.when))
     if isinstance(exc, Reject):
         return Outcome(states.REJECTED, exc=exc, runtime=runtime, requeue=exc.requeue)
     if isinstance(exc, Ignore):
         return Outcome(states.IGNORED, runtime=runtime)
-    return Outcome(states.FAILURE, exc=exc, traceback=tb.format_exc(), runtime=runtime)
+    text = "".join(tb.format_exception(type(exc), exc, trace))
+    return Outcome(states.FAILURE, exc=exc, traceback=text, runtime=runtime)
 
 
 def _when(when: Any) -> float | None:
@@ -60,32 +89,16 @@ def _when(when: Any) -> float | None:
 
 def call_sync(task: Task[Any, Any], request: Request) -> Outcome:
     """Run a sync task function in this thread."""
-    token = current_request.set(request)
-    started = time.perf_counter()
-    try:
-        value = task.run(*request.args, **request.kwargs)
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
-        return _classify(exc, started)
-    finally:
-        current_request.reset(token)
-    return Outcome(states.SUCCESS, value, runtime=time.perf_counter() - started)
+    with _Call(request) as call:
+        call.succeeded(task.run(*request.args, **request.kwargs))
+    return call.outcome
 
 
 async def call_async(task: Task[Any, Any], request: Request) -> Outcome:
     """Run an ``async def`` task on the running loop (its own context)."""
-    token = current_request.set(request)
-    started = time.perf_counter()
-    try:
-        value = await task.run(*request.args, **request.kwargs)
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
-        return _classify(exc, started)
-    finally:
-        current_request.reset(token)
-    return Outcome(states.SUCCESS, value, runtime=time.perf_counter() - started)
+    with _Call(request) as call:
+        call.succeeded(await task.run(*request.args, **request.kwargs))
+    return call.outcome
 
 
 def autoretry_countdown(task: Task[Any, Any], exc: BaseException, retries: int) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..errors import ConfigurationError
+from ..url_schemes import class_for_url
 from .base import BackendOptions, ResultBackend
 
 
@@ -28,19 +28,7 @@ SCHEMES: dict[str, Callable[[], type[ResultBackend]]] = {
 
 def backend_from_url(url: str, options: BackendOptions | None = None) -> ResultBackend:
     """The result store for ``url``; a clear error for an unknown or malformed URL."""
-    scheme, sep, _ = url.partition("://")
-    if not sep:
-        raise ConfigurationError(
-            f"result backend URL {url!r} has no scheme; use one of: "
-            + ", ".join(f"{s}://" for s in SCHEMES)
-        )
-    factory = SCHEMES.get(scheme.lower())
-    if factory is None:
-        raise ConfigurationError(
-            f"unknown result backend scheme {scheme!r} in {url!r}; known: "
-            + ", ".join(f"{s}://" for s in SCHEMES)
-        )
-    return factory()(url, options)
+    return class_for_url(url, SCHEMES, "result backend")(url, options)
 
 
 __all__ = ["SCHEMES", "BackendOptions", "ResultBackend", "backend_from_url"]
