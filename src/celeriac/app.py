@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -337,16 +338,29 @@ class Celeriac:
     async def asend_outgoing(self, batch: Sequence[Outgoing]) -> None:
         """Record PENDING (so the id is known) and publish, in batches."""
         if self.conf.result_store_pending:
-            pending = [
-                ResultMeta(o.message.id, states.PENDING)
-                for o in batch
-                if not o.message.headers.get("ignore_result")
-            ]
-            if pending:
-                backend = await self.abackend()
-                await backend.store_many(pending)
+            await self._store_pending(batch)
         broker = await self.abroker()
         await broker.publish(batch)
+
+    async def _store_pending(self, batch: Sequence[Outgoing]) -> None:
+        """PENDING markers, kept until ``result_expires`` after each task is due."""
+        now = time.time()
+        due_now: list[tuple[ResultMeta, float | None]] = []
+        delayed: list[tuple[ResultMeta, float | None]] = []
+        for o in batch:
+            if o.message.headers.get("ignore_result"):
+                continue
+            meta = ResultMeta(o.message.id, states.PENDING)
+            (delayed if o.not_before else due_now).append((meta, o.not_before))
+        if not due_now and not delayed:
+            return
+        backend = await self.abackend()
+        if due_now:
+            await backend.store_many([meta for meta, _ in due_now])
+        expires = self.conf.result_expires
+        for meta, not_before in delayed:
+            keep = None if expires is None or not_before is None else expires + not_before - now
+            await backend.store(meta, keep_for=keep)
 
     def send_many(self, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:
         """Send many task calls in one broker round trip."""

@@ -98,14 +98,21 @@ class ResultBackend(ABC):
     def key_for(task_id: str) -> str:
         return TASK_KEY_PREFIX + task_id
 
-    async def store(self, meta: ResultMeta) -> None:
+    async def store(self, meta: ResultMeta, *, keep_for: float | None = None) -> None:
+        """Store ``meta``; it expires after ``keep_for`` seconds, else ``result_expires``.
+
+        Every state expires, as in Celery's Redis layout: a PENDING marker for
+        a task that never runs (purged, dead-lettered) must not live forever.
+        """
         data, _, _ = self._codec.dumps(meta.to_dict(), self.options.serializer)
-        expires = self.options.expires if meta.ready else None
+        expires = keep_for if keep_for is not None else self.options.expires
         await self._set(self.key_for(meta.task_id), data, expires)
 
-    async def store_many(self, metas: Sequence[ResultMeta]) -> None:
+    async def store_many(
+        self, metas: Sequence[ResultMeta], *, keep_for: float | None = None
+    ) -> None:
         for meta in metas:
-            await self.store(meta)
+            await self.store(meta, keep_for=keep_for)
 
     async def get(self, task_id: str) -> ResultMeta | None:
         """The stored meta, or None when the store has never seen the id."""

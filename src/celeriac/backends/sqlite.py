@@ -1,0 +1,316 @@
+"""The ``sqlite://`` result store: one file, shared by the processes of one machine.
+
+URLs follow the broker's (SQLAlchemy) convention, parsed by
+:mod:`celeriac.sqlite_url`: ``sqlite:///relative.db``, ``sqlite:////abs.db``.
+The default ``celeriac.db`` is the file the SQLite broker uses too; the
+broker keeps to its own tables and this store to the ones below.
+
+Schema (created with ``IF NOT EXISTS`` on connect, so processes that connect
+at the same time all succeed):
+
+``celeriac_results``, one row per stored task result
+    ``key TEXT PRIMARY KEY``  ``celery-task-meta-<task id>`` (``ResultBackend.key_for``)
+    ``value BLOB NOT NULL``   the encoded meta (json by default)
+    ``expires_at REAL NULL``  Unix time after which the row is dead; NULL for
+                              ``expires=None`` (kept forever)
+    Lifetime: overwritten by each state of the task; dead once ``expires_at``
+    passes (reads skip it at once); deleted by ``forget()`` or by the sweep
+    that every 64th write of a connection runs over at most 256 dead rows.
+``celeriac_results_expires_at``, partial index on ``expires_at`` (non-NULL)
+    Lets the sweep find dead rows without a scan.
+
+Connections: one per backend, in autocommit mode, used only on a dedicated
+single-thread executor so no sqlite3 call blocks the event loop. WAL lets
+readers and the writer proceed together; ``busy_timeout`` waits for the
+write lock, and a short retry covers the BUSY cases SQLite reports without
+waiting (WAL recovery, schema changes by another process).
+
+Durability: ``synchronous=NORMAL``. In WAL mode a commit then survives any
+crash of the process; only an OS crash or power loss can undo the last
+commits. On the default shared file that cannot lose a result whose task
+counts as done: the worker stores a result before it acks the message, and
+the broker's ack commit runs with ``synchronous=FULL``, whose fsync of the
+one WAL covers every frame written before it, the result's included. A loss
+of both leaves the message unacked, so the task runs again and stores its
+result again. With results in a file of their own (or a non-SQLite broker),
+power loss can drop the last results of acked tasks; ``get`` then says the
+id is unknown rather than lying. FULL would cost an fsync per stored state
+(two or three per task), for a record that is not where the work's effects
+live; NORMAL is the better trade for a result store.
+
+Waiting: ``PRAGMA data_version`` changes when another connection commits
+to the file, the broker's tables included. While any coroutine waits, one
+watcher per backend reads it every millisecond (the WAL header, no table
+access); only when it moved does the watcher run one query for all the
+waited keys, and it wakes just the waiters whose row differs from the value
+they read. So broker traffic costs a waiter nothing, and a hundred waiters
+cost one query per change, not a hundred. This connection's own writes
+wake the waiters of their key directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from pathlib import Path
+from typing import TypeVar, TypeVarTuple
+
+from ..errors import BackendError
+from ..sqlite_url import parse_sqlite_url
+from .base import BackendOptions, ResultBackend
+
+__all__ = ["SQLiteBackend", "TABLE"]
+
+TABLE = "celeriac_results"
+BUSY_TIMEOUT = 5.0
+"""Seconds a statement waits for another connection's write lock."""
+
+_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {TABLE} "
+    "(key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_expires_at ON {TABLE} (expires_at) "
+    "WHERE expires_at IS NOT NULL",
+)
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_SELECT = f"SELECT value FROM {TABLE} WHERE key = ? AND {_LIVE}"
+_SELECT_MANY = f"SELECT key, value FROM {TABLE} WHERE {_LIVE} AND key IN"
+_UPSERT = (
+    f"INSERT INTO {TABLE} (key, value, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+)
+_SWEEP_EVERY = 64
+_SWEEP_LIMIT = 256
+_SWEEP = (
+    f"DELETE FROM {TABLE} WHERE key IN "
+    f"(SELECT key FROM {TABLE} WHERE expires_at <= ? LIMIT {_SWEEP_LIMIT})"
+)
+_DELETE = f"DELETE FROM {TABLE} WHERE key = ?"
+
+_WATCH_INTERVAL = 0.001
+_KEYS_PER_QUERY = 500
+_BUSY_RETRIES = 5
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+_seen: ContextVar[tuple[str, bytes | None] | None] = ContextVar(
+    "celeriac_sqlite_seen", default=None
+)
+"""``(key, value)`` the current task last read.
+
+``ResultBackend.wait`` reads, then waits. A waiter registers the value it
+read, and the watcher wakes it once the row differs, so a commit landing
+between the read and the wait is not slept through. A context variable, so
+concurrent waits on one backend do not mix.
+"""
+
+_Waiter = tuple[bytes | None, asyncio.Future[None]]
+
+
+class SQLiteBackend(ResultBackend):
+    """Results in a SQLite file, shared by every process that opens the same path."""
+
+    scheme = "sqlite"
+
+    def __init__(self, url: str, options: BackendOptions | None = None):
+        super().__init__(url, options)
+        self._path, _ = parse_sqlite_url(url)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._writes = 0
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._recheck = False
+        """A waiter registered since the watcher last compared rows."""
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        if self._conn is not None:
+            return
+        executor = ThreadPoolExecutor(1, thread_name_prefix="celeriac-sqlite-results")
+        loop = asyncio.get_running_loop()
+        try:
+            self._conn = await loop.run_in_executor(executor, _open, self._path, self.url)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+
+    async def close(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        conn, executor = self._conn, self._executor
+        self._conn = self._executor = None
+        if conn is not None and executor is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            executor.shutdown(wait=False)
+
+    async def _get(self, key: str) -> bytes | None:
+        value = await self._run(_select, key)
+        _seen.set((key, value))
+        return value
+
+    async def _set(self, key: str, value: bytes, expires: float | None) -> None:
+        sweep = self._writes % _SWEEP_EVERY == 0
+        self._writes += 1
+        await self._run(_upsert, key, value, expires, sweep)
+        self._wake(key)  # our own commits do not change our data_version
+
+    async def _delete(self, key: str) -> None:
+        await self._run(_delete, key)
+        self._wake(key)
+
+    async def _wait_changed(self, key: str, timeout: float | None, poll: float) -> None:
+        """Return once the row of ``key`` differs from what this task read, or after ``poll``."""
+        seen = _seen.get()
+        if seen is None or seen[0] != key:
+            return
+        waiter: _Waiter = (seen[1], asyncio.get_running_loop().create_future())
+        self._waiters.setdefault(key, []).append(waiter)
+        self._recheck = True
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch())
+        try:
+            async with asyncio.timeout(poll):
+                await waiter[1]
+        except TimeoutError:
+            pass
+        finally:
+            waiting = self._waiters.get(key, [])
+            if waiter in waiting:
+                waiting.remove(waiter)
+            if not waiting:
+                self._waiters.pop(key, None)
+
+    async def _watch(self) -> None:
+        """Wake the waiters whose row differs from what they read, while any wait.
+
+        Each millisecond one look at ``data_version``; only when it moved (or a
+        waiter just registered) one query for all the waited keys.
+        """
+        data_version = -1
+        while self._waiters:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            keys, force, self._recheck = list(self._waiters), self._recheck, False
+            try:
+                data_version, rows = await self._run(_look, data_version, force, keys)
+            except BackendError:
+                for key in list(self._waiters):
+                    self._wake(key)  # they read next and meet the error themselves
+                return
+            if rows is not None:
+                for key, waiters in self._waiters.items():
+                    for seen, future in waiters:
+                        if rows.get(key) != seen and not future.done():
+                            future.set_result(None)
+
+    def _wake(self, key: str) -> None:
+        for _, future in self._waiters.get(key, ()):
+            if not future.done():
+                future.set_result(None)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
+        """Run ``fn(conn, *args)`` on the connection's thread; driver errors become BackendError."""
+        conn, executor = self._conn, self._executor
+        if conn is None or executor is None:
+            raise BackendError(f"result store {self.url} is not connected; call connect() first")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, _retrying, fn, conn, *args)
+        except sqlite3.Error as exc:
+            raise BackendError(f"result store {self.url} failed: {exc}") from exc
+
+
+# Everything below runs on the connection's own thread.
+
+
+def _open(path: Path, url: str) -> sqlite3.Connection:
+    parent = path.parent
+    if not parent.is_dir():
+        problem = "is not a directory" if parent.exists() else "does not exist"
+        raise BackendError(
+            f"cannot open result store {url}: {parent} {problem}; "
+            f"create the directory (mkdir -p {parent}) or point the URL at an existing one"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BackendError(
+            f"cannot open result store {url}: directory {parent} is not writable "
+            "(SQLite needs to create the -wal and -shm files beside the database); "
+            "grant write access or point the URL at a writable directory"
+        )
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise BackendError(f"cannot open result store {url}: {exc}") from exc
+    try:
+        _retrying(_create_schema, conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise BackendError(f"cannot set up result store {url}: {exc}") from exc
+    return conn
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    for statement in _SCHEMA:
+        conn.execute(statement)
+
+
+def _retrying(
+    fn: Callable[[sqlite3.Connection, *Ts], T], conn: sqlite3.Connection, *args: *Ts
+) -> T:
+    """Call ``fn``, again after a short sleep when SQLite says BUSY without waiting."""
+    attempt = 0
+    while True:
+        try:
+            return fn(conn, *args)
+        except sqlite3.OperationalError as exc:
+            attempt += 1
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or attempt == _BUSY_RETRIES:
+                raise
+            time.sleep(0.005 * 2**attempt)
+
+
+def _select(conn: sqlite3.Connection, key: str) -> bytes | None:
+    row = conn.execute(_SELECT, (key, time.time())).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _look(
+    conn: sqlite3.Connection, last_version: int, force: bool, keys: list[str]
+) -> tuple[int, dict[str, bytes] | None]:
+    """The data_version, and the live rows of ``keys`` if it moved or ``force``."""
+    data_version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+    if data_version == last_version and not force:
+        return data_version, None
+    rows: dict[str, bytes] = {}
+    now = time.time()
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        chunk = keys[start : start + _KEYS_PER_QUERY]
+        marks = ", ".join("?" * len(chunk))
+        query = f"{_SELECT_MANY} ({marks})"
+        rows.update((k, bytes(v)) for k, v in conn.execute(query, (now, *chunk)))
+    return data_version, rows
+
+
+def _upsert(
+    conn: sqlite3.Connection, key: str, value: bytes, expires: float | None, sweep: bool
+) -> None:
+    now = time.time()
+    conn.execute(_UPSERT, (key, value, None if expires is None else now + expires))
+    if sweep:
+        conn.execute(_SWEEP, (now,))
+
+
+def _delete(conn: sqlite3.Connection, key: str) -> None:
+    conn.execute(_DELETE, (key,))

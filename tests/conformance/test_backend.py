@@ -1,0 +1,276 @@
+"""The result-store contract, checked against every store in ``backend_urls.STORES``."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac import errors, states
+from celeriac.backends import BackendOptions, ResultBackend, backend_from_url
+from celeriac.backends.base import ResultMeta
+
+from . import backend_urls
+from .backend_urls import STORES, StoreCase, store_after
+
+WAKE_LATENCY = 0.2
+"""Longest acceptable time from a store to the waiter's return."""
+WAIT_INTERVAL = 2.0
+"""Passed as ``wait(interval=...)``: a store that polled would answer up to this late."""
+
+STORE_DELAY = 0.6
+"""How long after the wait begins the wake-up tests store. A store that polled
+(doubling from 0.5 ms, as the base class does) would next look at about 1.02 s."""
+
+Connect = Callable[[BackendOptions | None], Awaitable[ResultBackend]]
+
+
+@pytest.fixture(params=STORES, ids=lambda case: case.name)
+def case(request: pytest.FixtureRequest) -> StoreCase:
+    found: StoreCase = request.param
+    return found
+
+
+@pytest.fixture
+def url(case: StoreCase, tmp_path: Path) -> str:
+    return case.make_url(tmp_path)
+
+
+@pytest.fixture
+async def connect(url: str) -> AsyncIterator[Connect]:
+    """Open backends on the test's store; each is closed after the test."""
+    opened: list[ResultBackend] = []
+
+    async def _connect(options: BackendOptions | None = None) -> ResultBackend:
+        backend = backend_from_url(url, options)
+        await backend.connect()
+        opened.append(backend)
+        return backend
+
+    yield _connect
+    for backend in opened:
+        await backend.close()
+
+
+@pytest.fixture
+async def backend(connect: Connect) -> ResultBackend:
+    return await connect(None)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def meta(task_id: str, status: str, result: Any = None) -> ResultMeta:
+    return ResultMeta(task_id=task_id, status=status, result=result)
+
+
+async def test_store_then_get_round_trips_every_field(backend: ResultBackend) -> None:
+    done = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    stored = ResultMeta(
+        task_id=new_id(),
+        status=states.FAILURE,
+        result={
+            "exc_type": "ValueError",
+            "nested": {"list": [1, 2.5, None, True, "é"]},
+            "at": done,
+        },
+        traceback='Traceback (most recent call last):\n  File "shop.py", line 3\nValueError: no',
+        children=[[["child-id", None], None]],
+        date_done=done.isoformat(),
+        extra={"name": "shop.charge", "args": [42, 1999], "kwargs": {"x": 1}, "retries": 2},
+    )
+    await backend.store(stored)
+
+    got = await backend.get(stored.task_id)
+
+    assert got == stored
+    assert got is not None and isinstance(got.result["at"], datetime)
+
+
+async def test_a_never_seen_id_is_none_not_pending(backend: ResultBackend) -> None:
+    await backend.store(meta(new_id(), states.SUCCESS))
+
+    assert await backend.get(new_id()) is None
+
+
+async def test_a_later_state_overwrites_an_earlier_one(backend: ResultBackend) -> None:
+    task_id = new_id()
+    await backend.store(meta(task_id, states.STARTED))
+    await backend.store(meta(task_id, states.SUCCESS, result=3))
+
+    assert await backend.get(task_id) == meta(task_id, states.SUCCESS, result=3)
+
+
+async def test_forget_removes_the_result(backend: ResultBackend) -> None:
+    task_id = new_id()
+    await backend.store(meta(task_id, states.SUCCESS))
+
+    await backend.forget(task_id)
+    await backend.forget(new_id())  # forgetting an unknown id is no error
+
+    assert await backend.get(task_id) is None
+
+
+@pytest.mark.parametrize("writer", ["same backend", "another backend"])
+async def test_wait_returns_as_soon_as_another_task_stores(connect: Connect, writer: str) -> None:
+    waiter = await connect(None)
+    storer = waiter if writer == "same backend" else await connect(None)
+    task_id = new_id()
+
+    async def store_later() -> float:
+        await asyncio.sleep(STORE_DELAY)
+        began = time.monotonic()
+        await storer.store(meta(task_id, states.SUCCESS, result=7))
+        return began
+
+    storing = asyncio.create_task(store_later())
+    got = await waiter.wait(task_id, timeout=10, interval=WAIT_INTERVAL)
+    latency = time.monotonic() - await storing
+
+    assert got.result == 7
+    assert latency < WAKE_LATENCY
+
+
+async def test_wait_returns_as_soon_as_a_peer_stores(
+    case: StoreCase, url: str, backend: ResultBackend
+) -> None:
+    """The peer is another thread's event loop, or another process, as the store allows."""
+    task_id = new_id()
+    if case.peer == "thread":
+        storing: Awaitable[float] = asyncio.to_thread(
+            asyncio.run, store_after(url, task_id, STORE_DELAY)
+        )
+    else:
+        storing = await _start_process_peer(url, task_id, STORE_DELAY)
+    peer = asyncio.ensure_future(storing)
+
+    got = await backend.wait(task_id, timeout=10, interval=WAIT_INTERVAL)
+    latency = time.time() - await peer
+
+    assert got.result == 7
+    assert latency < WAKE_LATENCY
+
+
+async def _start_process_peer(url: str, task_id: str, delay: float) -> Awaitable[float]:
+    """Start the peer process; return, once it is connected, what awaits its store time."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        backend_urls.__file__,
+        url,
+        task_id,
+        str(delay),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert await process.stdout.readline() == b"connected\n"
+
+    async def began() -> float:
+        out, _ = await process.communicate()
+        assert process.returncode == 0
+        return float(out)
+
+    return began()
+
+
+async def test_a_store_between_the_read_and_the_wait_is_not_slept_through(
+    connect: Connect,
+) -> None:
+    """``wait`` reads, then waits for a change; a store landing in between must end the wait."""
+    waiter, storer = await connect(None), await connect(None)
+    task_id = new_id()
+    assert await waiter.get(task_id) is None
+    await storer.store(meta(task_id, states.SUCCESS))
+
+    began = time.monotonic()
+    await waiter._wait_changed(waiter.key_for(task_id), timeout=WAIT_INTERVAL, poll=WAIT_INTERVAL)
+
+    assert time.monotonic() - began < WAKE_LATENCY
+
+
+async def test_wait_sleeps_through_unready_states(backend: ResultBackend) -> None:
+    task_id = new_id()
+    await backend.store(meta(task_id, states.PENDING))
+
+    async def progress() -> None:
+        for status in (states.STARTED, states.RETRY, states.STARTED):
+            await asyncio.sleep(0.05)
+            await backend.store(meta(task_id, status))
+        await asyncio.sleep(0.1)
+        await backend.store(meta(task_id, states.SUCCESS, result="done"))
+
+    progressing = asyncio.create_task(progress())
+    began = time.monotonic()
+    got = await backend.wait(task_id, timeout=5, interval=WAIT_INTERVAL)
+    await progressing
+
+    assert got.result == "done"
+    assert time.monotonic() - began >= 0.25
+
+
+@pytest.mark.parametrize("stored", [None, states.STARTED])
+async def test_wait_raises_timeout_error_after_the_timeout(
+    backend: ResultBackend, stored: str | None
+) -> None:
+    task_id = new_id()
+    if stored is not None:
+        await backend.store(meta(task_id, stored))
+
+    began = time.monotonic()
+    with pytest.raises(errors.TimeoutError) as raised:
+        await backend.wait(task_id, timeout=0.3)
+    waited = time.monotonic() - began
+
+    assert isinstance(raised.value, builtins.TimeoutError)
+    assert 0.3 <= waited < 0.3 + WAKE_LATENCY
+
+
+async def test_every_state_expires_unless_kept_longer(connect: Connect) -> None:
+    backend = await connect(BackendOptions(expires=0.3))
+    ids = {status: new_id() for status in (states.SUCCESS, states.PENDING, states.STARTED)}
+    for status, task_id in ids.items():
+        await backend.store(meta(task_id, status))
+    kept = new_id()
+    await backend.store(meta(kept, states.PENDING), keep_for=5.0)
+    assert all([await backend.get(task_id) is not None for task_id in ids.values()])
+
+    await asyncio.sleep(0.45)
+
+    for task_id in ids.values():
+        assert await backend.get(task_id) is None
+    assert await backend.get(kept) == meta(kept, states.PENDING)
+
+
+async def test_many_concurrent_stores_and_gets_stay_consistent(connect: Connect) -> None:
+    first, second = await connect(None), await connect(None)
+
+    async def run(i: int, task_id: str) -> ResultMeta | None:
+        await first.store(meta(task_id, states.STARTED))
+        assert await second.get(task_id) == meta(task_id, states.STARTED)
+        await second.store(meta(task_id, states.SUCCESS, result={"i": i}))
+        return await first.get(task_id)
+
+    ids = [new_id() for _ in range(500)]
+    got = await asyncio.gather(*(run(i, task_id) for i, task_id in enumerate(ids)))
+
+    assert got == [meta(task_id, states.SUCCESS, result={"i": i}) for i, task_id in enumerate(ids)]
+
+
+async def test_many_waiters_all_wake(connect: Connect) -> None:
+    waiter, storer = await connect(None), await connect(None)
+    ids = [new_id() for _ in range(200)]
+    waits = [asyncio.create_task(waiter.wait(t, timeout=5, interval=WAIT_INTERVAL)) for t in ids]
+    await asyncio.sleep(STORE_DELAY)
+
+    await asyncio.gather(*(storer.store(meta(t, states.SUCCESS, result=t)) for t in ids))
+    got = await asyncio.wait_for(asyncio.gather(*waits), WAKE_LATENCY)
+
+    assert [m.result for m in got] == ids
