@@ -1,4 +1,4 @@
-"""The result-store contract, checked against every store in ``backend_urls.STORES``."""
+"""The result-store contract, checked against every store in ``targets.STORES``."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from celeriac import errors, states
 from celeriac.backends import BackendOptions, ResultBackend, backend_from_url
 from celeriac.backends.base import ResultMeta
 
-from . import backend_urls
-from .backend_urls import STORES, StoreCase, store_after
+from . import peer_store
+from .peer_store import store_after
+from .targets import STORES, Target
 
 WAKE_LATENCY = 0.2
 """Longest acceptable time from a store to the waiter's return."""
@@ -34,13 +35,13 @@ Connect = Callable[[BackendOptions | None], Awaitable[ResultBackend]]
 
 
 @pytest.fixture(params=STORES, ids=lambda case: case.name)
-def case(request: pytest.FixtureRequest) -> StoreCase:
-    found: StoreCase = request.param
+def case(request: pytest.FixtureRequest) -> Target:
+    found: Target = request.param
     return found
 
 
 @pytest.fixture
-def url(case: StoreCase, tmp_path: Path) -> str:
+def url(case: Target, tmp_path: Path) -> str:
     return case.make_url(tmp_path)
 
 
@@ -141,7 +142,7 @@ async def test_wait_returns_as_soon_as_another_task_stores(connect: Connect, wri
 
 
 async def test_wait_returns_as_soon_as_a_peer_stores(
-    case: StoreCase, url: str, backend: ResultBackend
+    case: Target, url: str, backend: ResultBackend
 ) -> None:
     """The peer is another thread's event loop, or another process, as the store allows."""
     task_id = new_id()
@@ -164,7 +165,7 @@ async def _start_process_peer(url: str, task_id: str, delay: float) -> Awaitable
     """Start the peer process; return, once it is connected, what awaits its store time."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        backend_urls.__file__,
+        peer_store.__file__,
         url,
         task_id,
         str(delay),

@@ -20,7 +20,7 @@ from celeriac.brokers import Broker, broker_from_url
 from celeriac.brokers.base import BrokerOptions, Consumer, Delivery, QueueStats
 from celeriac.protocol import Message, Outgoing
 
-from .broker_urls import BROKERS, BrokerCase
+from .targets import BROKERS, Target
 
 LEASE = 1.0
 OPTIONS = BrokerOptions(
@@ -31,7 +31,7 @@ EMPTY = QueueStats(ready=0, delayed=0, reserved=0)
 
 @pytest.fixture(params=BROKERS, ids=lambda case: case.name)
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    case: BrokerCase = request.param
+    case: Target = request.param
     return case.make_url(tmp_path)
 
 

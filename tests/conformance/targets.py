@@ -1,0 +1,45 @@
+"""What the conformance suites run against: one entry per broker, one per result store.
+
+A broker or store that needs a server gets an entry whose ``make_url`` calls
+``pytest.skip`` when the server is absent (and fails under ``CI=true``), e.g.::
+
+    Target("redis", redis_url_or_skip, peer="process")
+
+and every test in ``test_broker.py`` / ``test_backend.py`` runs against it unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    make_url: Callable[[Path], str]
+    """A fresh, empty broker's or store's URL, given the test's ``tmp_path``; may skip."""
+    peer: Literal["thread", "process"]
+    """The farthest client sharing it: another thread's event loop, or another process."""
+
+
+def _memory_url(tmp_path: Path) -> str:
+    return f"memory://conformance-{uuid.uuid4().hex}"
+
+
+def _sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'conformance.db'}"
+
+
+BROKERS: list[Target] = [
+    Target("memory", _memory_url, peer="thread"),
+    Target("sqlite", _sqlite_url, peer="process"),
+]
+
+STORES: list[Target] = [
+    Target("memory", _memory_url, peer="thread"),
+    Target("sqlite", _sqlite_url, peer="process"),
+]
