@@ -275,3 +275,31 @@ async def test_many_waiters_all_wake(connect: Connect) -> None:
     got = await asyncio.wait_for(asyncio.gather(*waits), WAKE_LATENCY)
 
     assert [m.result for m in got] == ids
+
+
+async def test_mark_done_counts_distinct_members_atomically(backend: ResultBackend) -> None:
+    group = new_id()
+    ids = [new_id() for _ in range(60)]
+    counts = await asyncio.gather(*(backend.mark_done(group, i) for i in ids + ids[:10]))
+    assert max(counts) == 60
+    assert sorted(counts[:60]) == list(range(1, 61)), "every count from 1 to 60 seen exactly once"
+    assert await backend.mark_done(group, ids[0]) == 60, "a duplicate does not count again"
+    assert await backend.mark_done(new_id(), ids[0]) == 1, "groups are separate"
+
+
+async def test_claim_is_granted_once(backend: ResultBackend) -> None:
+    name = new_id()
+    granted = await asyncio.gather(*(backend.claim(name) for _ in range(40)))
+    assert granted.count(True) == 1
+    assert await backend.claim(name) is False
+    assert await backend.claim(new_id()) is True
+
+
+async def test_claims_and_members_expire(connect: Connect) -> None:
+    backend = await connect(BackendOptions(expires=0.2))
+    name, group = new_id(), new_id()
+    assert await backend.claim(name)
+    assert await backend.mark_done(group, "a") == 1
+    await asyncio.sleep(0.3)
+    assert await backend.claim(name), "an expired claim can be made again"
+    assert await backend.mark_done(group, "b") == 1, "expired members no longer count"

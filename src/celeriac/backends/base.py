@@ -26,6 +26,10 @@ from ..serialization import Codec
 __all__ = ["BackendOptions", "ResultBackend", "ResultMeta", "TASK_KEY_PREFIX"]
 
 TASK_KEY_PREFIX = "celery-task-meta-"
+GROUP_MEMBERS_PREFIX = "celeriac-group-done-"
+"""Members: the ids of a group's tasks that finished (chord counting)."""
+CLAIM_PREFIX = "celeriac-claim-"
+"""One-time claims, e.g. that a chord's body was sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,20 @@ class ResultBackend(ABC):
         for meta in metas:
             await self.store(meta, keep_for=keep_for)
 
+    async def mark_done(self, group_id: str, task_id: str) -> int:
+        """Record that ``task_id`` of group ``group_id`` finished; return how many have.
+
+        Counts distinct task ids, atomically: a task delivered twice (at least
+        once allows it) counts once, and concurrent calls never lose a count.
+        """
+        return await self._add_member(
+            GROUP_MEMBERS_PREFIX + group_id, task_id, self.options.expires
+        )
+
+    async def claim(self, name: str) -> bool:
+        """True for exactly one caller per ``name`` until it expires (fire a chord body once)."""
+        return await self._claim(CLAIM_PREFIX + name, self.options.expires)
+
     async def get(self, task_id: str) -> ResultMeta | None:
         """The stored meta, or None when the store has never seen the id."""
         raw = await self._get(self.key_for(task_id))
@@ -172,6 +190,14 @@ class ResultBackend(ABC):
 
     @abstractmethod
     async def _delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    async def _add_member(self, key: str, member: str, expires: float | None) -> int:
+        """Add ``member`` to the set at ``key`` (atomically); return the set's size."""
+
+    @abstractmethod
+    async def _claim(self, key: str, expires: float | None) -> bool:
+        """Create ``key`` if absent (or expired); True only for the call that did."""
 
     def __repr__(self) -> str:
         from ..brokers.base import redact_url

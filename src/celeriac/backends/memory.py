@@ -12,6 +12,9 @@ Each store holds, under one ``threading.Lock``:
   write. Lives until deleted, expired or :func:`reset`.
 - ``expiry``: a heap of ``(expires_at, seq, key)``, one per write with an
   expiry, so each write removes the already expired entries at O(log n).
+- ``members``: key -> ``(set of members, expires_at)`` for group counting;
+  an expired set counts as empty. Lives until expired and touched again, or
+  :func:`reset`.
 - ``waiters``: key -> the ``(loop, future)`` of each coroutine waiting for a
   write of that key; a write resolves them with ``loop.call_soon_threadsafe``,
   so waiting never polls, even across threads.
@@ -47,6 +50,7 @@ class _Store:
     lock: threading.Lock = field(default_factory=threading.Lock)
     entries: dict[str, _Entry] = field(default_factory=dict)
     expiry: list[tuple[float, int, str]] = field(default_factory=list)
+    members: dict[str, tuple[set[str], float | None]] = field(default_factory=dict)
     waiters: dict[str, list[_Waiter]] = field(default_factory=dict)
 
     def live(self, key: str, now: float) -> _Entry | None:
@@ -101,6 +105,7 @@ def reset() -> None:
         with store.lock:
             store.entries.clear()
             store.expiry.clear()
+            store.members.clear()
             for key in list(store.waiters):
                 store.wake(key)
 
@@ -140,6 +145,31 @@ class MemoryBackend(ResultBackend):
             if expires_at is not None:
                 heapq.heappush(store.expiry, (expires_at, seq, key))
             store.wake(key)
+
+    async def _add_member(self, key: str, member: str, expires: float | None) -> int:
+        store = self._store
+        now = time.monotonic()
+        expires_at = None if expires is None else now + expires
+        with store.lock:
+            members, old_expiry = store.members.get(key, (set(), None))
+            if old_expiry is not None and old_expiry <= now:
+                members = set()
+            members.add(member)
+            store.members[key] = (members, expires_at)
+            return len(members)
+
+    async def _claim(self, key: str, expires: float | None) -> bool:
+        store = self._store
+        now = time.monotonic()
+        with store.lock:
+            if store.live(key, now) is not None:
+                return False
+            seq = next(_seq)
+            expires_at = None if expires is None else now + expires
+            store.entries[key] = _Entry(b"", expires_at, seq)
+            if expires_at is not None:
+                heapq.heappush(store.expiry, (expires_at, seq, key))
+            return True
 
     async def _delete(self, key: str) -> None:
         store = self._store

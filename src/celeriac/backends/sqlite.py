@@ -18,6 +18,11 @@ at the same time all succeed):
     that every 64th write of a connection runs over at most 256 dead rows.
 ``celeriac_results_expires_at``, partial index on ``expires_at`` (non-NULL)
     Lets the sweep find dead rows without a scan.
+    The same table holds one-time claims (``celeriac-claim-<name>``, empty value).
+``celeriac_result_members``, one row per (set, member): which tasks of a group finished
+    ``key TEXT``, ``member TEXT`` (primary key together; ``celeriac-group-done-<group id>``
+    and a task id), ``expires_at REAL NULL``. Lifetime: ``result_expires`` after
+    the last member was added; expired members are deleted when the set is next added to.
 
 Connections: one per backend, in autocommit mode, used only on a dedicated
 single-thread executor so no sqlite3 call blocks the event loop. WAL lets
@@ -68,6 +73,7 @@ from .base import BackendOptions, ResultBackend
 __all__ = ["SQLiteBackend", "TABLE"]
 
 TABLE = "celeriac_results"
+MEMBERS_TABLE = "celeriac_result_members"
 BUSY_TIMEOUT = 5.0
 """Seconds a statement waits for another connection's write lock."""
 
@@ -76,6 +82,8 @@ _SCHEMA = (
     "(key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_expires_at ON {TABLE} (expires_at) "
     "WHERE expires_at IS NOT NULL",
+    f"CREATE TABLE IF NOT EXISTS {MEMBERS_TABLE} "
+    "(key TEXT, member TEXT, expires_at REAL, PRIMARY KEY (key, member)) WITHOUT ROWID",
 )
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _SELECT = f"SELECT value FROM {TABLE} WHERE key = ? AND {_LIVE}"
@@ -91,6 +99,17 @@ _SWEEP = (
     f"(SELECT key FROM {TABLE} WHERE expires_at <= ? LIMIT {_SWEEP_LIMIT})"
 )
 _DELETE = f"DELETE FROM {TABLE} WHERE key = ?"
+_ADD_MEMBER = (
+    f"INSERT INTO {MEMBERS_TABLE} (key, member, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key, member) DO UPDATE SET expires_at = excluded.expires_at"
+)
+_COUNT_MEMBERS = f"SELECT COUNT(*) FROM {MEMBERS_TABLE} WHERE key = ? AND {_LIVE}"
+_SWEEP_MEMBERS = f"DELETE FROM {MEMBERS_TABLE} WHERE key = ? AND expires_at <= ?"
+_CLAIM = (
+    f"INSERT INTO {TABLE} (key, value, expires_at) VALUES (?, x'', ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at "
+    "WHERE expires_at IS NOT NULL AND expires_at <= ?"
+)
 
 _WATCH_INTERVAL = 0.001
 _KEYS_PER_QUERY = 500
@@ -163,6 +182,12 @@ class SQLiteBackend(ResultBackend):
         self._writes += 1
         await self._run(_upsert, key, value, expires, sweep)
         self._wake(key)  # our own commits do not change our data_version
+
+    async def _add_member(self, key: str, member: str, expires: float | None) -> int:
+        return await self._run(_add_member, key, member, expires)
+
+    async def _claim(self, key: str, expires: float | None) -> bool:
+        return await self._run(_claim, key, expires)
 
     async def _delete(self, key: str) -> None:
         await self._run(_delete, key)
@@ -310,6 +335,22 @@ def _upsert(
     conn.execute(_UPSERT, (key, value, None if expires is None else now + expires))
     if sweep:
         conn.execute(_SWEEP, (now,))
+
+
+def _add_member(conn: sqlite3.Connection, key: str, member: str, expires: float | None) -> int:
+    """Add and count in one transaction, so the count includes this member."""
+    now = time.time()
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(_SWEEP_MEMBERS, (key, now))
+        conn.execute(_ADD_MEMBER, (key, member, None if expires is None else now + expires))
+        return int(conn.execute(_COUNT_MEMBERS, (key, now)).fetchone()[0])
+
+
+def _claim(conn: sqlite3.Connection, key: str, expires: float | None) -> bool:
+    now = time.time()
+    cursor = conn.execute(_CLAIM, (key, None if expires is None else now + expires, now))
+    return cursor.rowcount == 1
 
 
 def _delete(conn: sqlite3.Connection, key: str) -> None:
