@@ -13,9 +13,10 @@ add.delay(2, 2).get(timeout=10)
 
 from . import states
 from .app import Celeriac, Celery, current_app, shared_task
-from .canvas import Signature, signature
+from .canvas import Signature, chain, chord, chunks, group, signature, xmap, xstarmap
 from .errors import (
     CeleriacError,
+    ChordError,
     Ignore,
     MaxRetriesExceededError,
     Reject,
@@ -24,30 +25,38 @@ from .errors import (
     TaskError,
     TimeLimitExceeded,
 )
-from .result import AsyncResult, EagerResult
+from .result import AsyncResult, EagerResult, GroupResult
 from .task import AsyncTask, Task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
     "AsyncResult",
     "AsyncTask",
     "Celeriac",
     "CeleriacError",
     "Celery",
+    "chain",
+    "chord",
+    "ChordError",
+    "chunks",
+    "current_app",
     "EagerResult",
+    "group",
+    "GroupResult",
     "Ignore",
     "MaxRetriesExceededError",
     "Reject",
     "Retry",
+    "shared_task",
+    "signature",
     "Signature",
     "SoftTimeLimitExceeded",
+    "states",
     "Task",
     "TaskError",
     "TimeLimitExceeded",
-    "__version__",
-    "current_app",
-    "shared_task",
-    "signature",
-    "states",
+    "xmap",
+    "xstarmap",
 ]

@@ -23,7 +23,7 @@ from .backends import backend_from_url
 from .backends.base import BackendOptions, ResultBackend, ResultMeta
 from .brokers import broker_from_url
 from .brokers.base import Broker, BrokerOptions
-from .canvas import Signature, as_signature_list
+from .canvas import Signature, as_signature_list, register_builtins
 from .errors import ConfigurationError, NotRegistered
 from .protocol import Outgoing
 from .result import AsyncResult
@@ -125,6 +125,7 @@ class Celeriac:
             asyncio.AbstractEventLoop, _LoopConnections
         ] = weakref.WeakKeyDictionary()
         self._codec: Codec | None = None
+        register_builtins(self)
         for fn, options in _shared_tasks:
             self._register(fn, options)
         if set_as_current:

@@ -16,6 +16,7 @@
     ├── TaskError                   a task failed and its exception type is not importable here
     ├── TaskRevokedError            the task was revoked
     ├── MaxRetriesExceededError     self.retry() past max_retries
+    ├── ChordError                  a chord's header task failed; its body will not run
     ├── TimeLimitExceeded           hard time limit; the task was stopped
     └── SoftTimeLimitExceeded       raised inside a task at its soft time limit
 
@@ -105,6 +106,10 @@ class TaskRevokedError(CeleriacError):
 
 class MaxRetriesExceededError(CeleriacError):
     """The task asked to retry more times than max_retries allows."""
+
+
+class ChordError(CeleriacError):
+    """A task of a chord's header failed, so the body did not run."""
 
 
 class TimeLimitExceeded(CeleriacError):

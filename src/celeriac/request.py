@@ -36,6 +36,8 @@ class Request:
     ignore_result: bool = False
     is_eager: bool = False
     delivery_count: int = 1
+    children: list[str] = field(default_factory=list)
+    """Ids of the tasks this task sent while it ran (stored as its result's children)."""
 
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name, default)

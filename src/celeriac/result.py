@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import states
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
-__all__ = ["AsyncResult", "EagerResult"]
+__all__ = ["AsyncResult", "EagerResult", "GroupResult"]
 
 
 class AsyncResult(Generic[R]):
@@ -34,6 +36,8 @@ class AsyncResult(Generic[R]):
         self.id = id
         self.app = app
         self.name = task_name
+        self.parent: AsyncResult[Any] | GroupResult | None = None
+        """The result this one follows in a chain (known to the client that sent it)."""
         self._cache: ResultMeta | None = None
 
     @property
@@ -160,9 +164,12 @@ class AsyncResult(Generic[R]):
         return None if meta is None else meta.date_done
 
     @property
-    def children(self) -> list[Any]:
+    def children(self) -> list[AsyncResult[Any]]:
+        """Results of the tasks this task sent while it ran."""
         meta = self._meta()
-        return [] if meta is None else list(meta.children)
+        if meta is None:
+            return []
+        return [AsyncResult(_child_id(child), self.app) for child in meta.children]
 
     def forget(self) -> None:
         run_sync(self.aforget)
@@ -191,3 +198,121 @@ def _refuse_inside_task() -> None:
             "Never call result.get() within a task: it can deadlock the worker. "
             "Use a chain or a callback (link=...), or pass disable_sync_subtasks=False."
         )
+
+
+def _child_id(child: Any) -> str:
+    """Celery stores children as ``[[id, parent], None]``; accept a bare id too."""
+    while isinstance(child, list | tuple) and child:
+        child = child[0]
+    return str(child)
+
+
+class GroupResult:
+    """The results of a group, in order; Celery's ``GroupResult`` API with async twins."""
+
+    def __init__(self, id: str, results: Sequence[AsyncResult[Any]], app: Celeriac | None = None):
+        if app is None:
+            from .app import current_app
+
+            app = current_app()
+        self.id = id
+        self.results = list(results)
+        self.app = app
+        self.parent: AsyncResult[Any] | GroupResult | None = None
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult[Any]]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[Any]:
+        return self.results[index]
+
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        return self.results
+
+    async def aget(
+        self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5
+    ) -> list[Any]:
+        """Every member's value, in order; the first failure is raised if ``propagate``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(await result.aget(remaining, propagate, interval))
+        return values
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
+        if disable_sync_subtasks:
+            _refuse_inside_task()
+        return run_sync(lambda: self.aget(timeout, propagate, interval))
+
+    join = get
+
+    async def astates(self) -> list[str]:
+        backend = await self.app.abackend()
+        metas = await backend.get_many([r.id for r in self.results])
+        return [states.PENDING if m is None else m.status for m in metas]
+
+    def _states(self) -> list[str]:
+        return run_sync(self.astates)
+
+    def ready(self) -> bool:
+        return all(s in states.READY_STATES for s in self._states())
+
+    def successful(self) -> bool:
+        return all(s == states.SUCCESS for s in self._states())
+
+    def failed(self) -> bool:
+        return any(s == states.FAILURE for s in self._states())
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        return sum(s == states.SUCCESS for s in self._states())
+
+    async def asave_members(self) -> None:
+        backend = await self.app.abackend()
+        await backend.save_group(self.id, [r.id for r in self.results])
+
+    def save(self) -> GroupResult:
+        """Store the member ids, so :meth:`restore` can find the group by id."""
+        run_sync(self.asave_members)
+        return self
+
+    @classmethod
+    async def arestore(cls, group_id: str, app: Celeriac | None = None) -> GroupResult | None:
+        if app is None:
+            from .app import current_app
+
+            app = current_app()
+        backend = await app.abackend()
+        ids = await backend.restore_group(group_id)
+        return None if ids is None else cls(group_id, [AsyncResult(i, app) for i in ids], app)
+
+    @classmethod
+    def restore(cls, group_id: str, app: Celeriac | None = None) -> GroupResult | None:
+        return run_sync(lambda: cls.arestore(group_id, app))
+
+    def forget(self) -> None:
+        async def go() -> None:
+            backend = await self.app.abackend()
+            await backend.forget_group(self.id)
+            for result in self.results:
+                await backend.forget(result.id)
+
+        run_sync(go)
+
+    delete = forget

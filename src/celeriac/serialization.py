@@ -111,9 +111,7 @@ def _tag_uuids(obj: Any) -> Any:
     return obj
 
 
-_ORJSON_OPTS = (
-    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_NON_STR_KEYS
-)
+_ORJSON_OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 
 
 def json_dumps(obj: Any) -> bytes:

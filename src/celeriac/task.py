@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from . import states
 from ._sync import run_sync
 from .backends.base import ResultMeta, utcnow_iso
-from .canvas import Signature
-from .errors import MaxRetriesExceededError, Retry
+from .canvas import Signature, chain, chunks, xmap, xstarmap
+from .errors import Ignore, MaxRetriesExceededError, Retry
 from .exception_codec import encode_exception
 from .execution import Outcome, autoretry_countdown, call_async, call_sync
 from .request import Request, current_request
@@ -168,6 +168,9 @@ class Task(Generic[P, R]):
                 opts.parent_id = parent.id
             if opts.root_id is None:
                 opts.root_id = parent.root_id or parent.id
+            if opts.task_id is None:
+                opts.task_id = str(uuid.uuid4())
+            parent.children.append(opts.task_id)
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise TypeError now if the call does not fit the function (Celery's ``typing``)."""
@@ -248,6 +251,18 @@ class Task(Generic[P, R]):
 
     subtask = signature
 
+    def map(self, it: Iterable[Any]) -> xmap:
+        """One call that runs this task's function over ``it`` (Celery's ``task.map``)."""
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Iterable[Sequence[Any]]) -> xstarmap:
+        """One call that runs this task's function with each tuple of ``it`` as arguments."""
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Iterable[Sequence[Any]], n: int) -> chunks:
+        """A group of calls, each running the function over ``n`` tuples of ``it``."""
+        return chunks(self.s(), it, n, app=self.app)
+
     # -- inside a running task -----------------------------------------------
     def retry(
         self,
@@ -285,6 +300,33 @@ class Task(Generic[P, R]):
             new_kwargs=None if kwargs is None else dict(kwargs),
             options=options,
         )
+
+    def replace(self, sig: Signature[Any]) -> NoReturn:
+        """Replace this running task by ``sig``, which takes over its id and what follows it.
+
+        The replacement (a task or a chain) gets this task's id, callbacks,
+        errbacks, chain, group and chord, so waiters and chords see its result
+        as this task's. Then this task ends without a result of its own.
+        """
+        request = self.request
+        if request.id is None or request.is_eager:
+            raise RuntimeError("replace() works only inside a task run by a worker")
+        if sig.subtask_type not in (None, "chain"):
+            raise TypeError("replace() takes a task signature or a chain")
+        inherited = {
+            "task_id": request.id, "link": request.callbacks, "link_error": request.errbacks,
+            "chain": request.chain, "group_id": request.group, "group_index": request.group_index,
+            "chord": request.chord,
+        }  # fmt: skip
+        replacement = sig.clone(parent_id=request.parent_id, root_id=request.root_id)
+        if isinstance(replacement, chain):
+            steps = replacement.tasks
+            steps[-1]["options"].update({k: v for k, v in inherited.items() if v is not None})
+            replacement["kwargs"]["tasks"] = steps
+        else:
+            replacement["options"].update({k: v for k, v in inherited.items() if v is not None})
+        run_sync(lambda: replacement.asend(self.app))
+        raise Ignore()
 
 
 class AsyncTask(Task[P, R]):

@@ -26,6 +26,8 @@ from ..serialization import Codec
 __all__ = ["BackendOptions", "ResultBackend", "ResultMeta", "TASK_KEY_PREFIX"]
 
 TASK_KEY_PREFIX = "celery-task-meta-"
+GROUP_KEY_PREFIX = "celery-taskset-meta-"
+"""A saved GroupResult: the ids of its members, in order (Celery's key)."""
 GROUP_MEMBERS_PREFIX = "celeriac-group-done-"
 """Members: the ids of a group's tasks that finished (chord counting)."""
 CLAIM_PREFIX = "celeriac-claim-"
@@ -117,6 +119,30 @@ class ResultBackend(ABC):
     ) -> None:
         for meta in metas:
             await self.store(meta, keep_for=keep_for)
+
+    async def save_group(self, group_id: str, task_ids: Sequence[str]) -> None:
+        """Remember a group's member ids, in order, as Celery's ``GroupResult.save()`` does."""
+        layout = {"result": [[group_id, None], [[[i, None], None] for i in task_ids]]}
+        data, _, _ = self._codec.dumps(layout, self.options.serializer)
+        await self._set(GROUP_KEY_PREFIX + group_id, data, self.options.expires)
+
+    async def restore_group(self, group_id: str) -> list[str] | None:
+        """The member ids of a saved group, or None."""
+        raw = await self._get(GROUP_KEY_PREFIX + group_id)
+        if raw is None:
+            return None
+        try:
+            layout = self._codec.loads(raw, _content_type_of(self.options.serializer))
+            return [str(member[0][0]) for member in layout["result"][1]]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise BackendError(f"saved group {group_id} is malformed: {exc}") from exc
+
+    async def forget_group(self, group_id: str) -> None:
+        await self._delete(GROUP_KEY_PREFIX + group_id)
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[ResultMeta | None]:
+        """Metas of several tasks, in order (stores may override to batch the reads)."""
+        return [await self.get(task_id) for task_id in task_ids]
 
     async def mark_done(self, group_id: str, task_id: str) -> int:
         """Record that ``task_id`` of group ``group_id`` finished; return how many have.

@@ -31,15 +31,24 @@ until requeued or purged: ``id``, ``queue``, ``priority``, ``reason``, ``deliver
 never a message, ``headers`` (and the other message columns) are NULL and
 ``body`` holds the raw bytes. Index ``celeriac_dead_letters_queue (queue, id)``.
 
-Connections and durability: each broker owns one connection for publishing
-and admin work, and each consumer owns one for fetch/ack/heartbeat; every
-connection has its own single thread, so the event loop never blocks on
-SQLite. All use WAL with a busy timeout plus a retry on SQLITE_BUSY. The
-publishing connection runs ``synchronous=FULL``: with WAL, NORMAL may lose a
-committed transaction on power loss, and a publish must be durable when it
-returns. Consumer connections run NORMAL: losing an ack, a lease or a release
-to a power cut only causes a redelivery, which at-least-once allows (and a
-FULL commit of any connection syncs every WAL frame written before it).
+Connections and durability: the brokers of one process share one connection
+per database file for publishing and admin work (sync callers make one
+broker per thread, and separate connections would queue for the one write
+lock, sleeping in SQLite's busy handler), and each consumer owns one for
+fetch/ack/heartbeat; every connection has its own single thread, so the
+event loop never blocks on SQLite. All use WAL with a busy timeout plus a
+retry on SQLITE_BUSY. The publishing connection runs ``synchronous=FULL``:
+with WAL, NORMAL may lose a committed transaction on power loss, and a
+publish must be durable when it returns. Consumer connections run NORMAL:
+losing an ack, a lease or a release to a power cut only causes a
+redelivery, which at-least-once allows (and a FULL commit of any connection
+syncs every WAL frame written before it).
+
+Group commit: publishes that queue up for the publishing connection while it
+commits (from any thread or task of the process) go into its next
+transaction together, each in a savepoint of its own, so one fsync makes
+them all durable; each publish still returns only after that commit. No
+publish waits for company: a lone one commits at once.
 
 Fetch is one ``BEGIN IMMEDIATE`` transaction that picks rows and leases them.
 An idle consumer polls with backoff (1 ms doubling up to ``poll_interval``),
@@ -77,6 +86,8 @@ MESSAGES_TABLE = "celeriac_messages"
 DEAD_LETTERS_TABLE = "celeriac_dead_letters"
 PRIORITIES = range(10)
 BUSY_RETRIES = 3
+GROUP_LIMIT = 256
+"""Most publishes that one group commit takes in."""
 
 _M, _D = MESSAGES_TABLE, DEAD_LETTERS_TABLE
 _MESSAGE_COLUMNS = "headers, properties, content_type, content_encoding, body"
@@ -208,6 +219,18 @@ def _write(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T
     return result
 
 
+class _Insert:
+    """A publish's rows: the job that a connection's thread commits in groups."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[Row]):
+        self.rows = rows
+
+    def __call__(self, db: sqlite3.Connection) -> None:
+        _write(db, lambda db: db.executemany(INSERT, self.rows).close())
+
+
 _Job = tuple["asyncio.Future[Any]", Callable[[sqlite3.Connection], Any] | None]
 """A call to make in a connection's thread, or None: close it and end the thread."""
 
@@ -265,8 +288,16 @@ class _Connection:
             await future
 
     def _serve(self) -> None:
+        later: _Job | None = None
         while True:
-            future, work = self._jobs.get()
+            future, work = later or self._jobs.get()
+            later = None
+            if isinstance(work, _Insert):
+                group = [(future, work)]
+                later = self._gather(group)
+                if len(group) > 1:
+                    self._commit_group(group)
+                    continue
             result: Any = None
             error: BaseException | None = None
             try:
@@ -280,6 +311,47 @@ class _Connection:
                 future.get_loop().call_soon_threadsafe(_settle, future, result, error)
             if work is None:
                 return
+
+    def _gather(self, group: list[tuple[asyncio.Future[Any], _Insert]]) -> _Job | None:
+        """Add the publishes queued behind the first; return the first other job, if any."""
+        while len(group) < GROUP_LIMIT:
+            try:
+                future, work = self._jobs.get_nowait()
+            except queue.Empty:
+                return None
+            if not isinstance(work, _Insert):
+                return future, work
+            group.append((future, work))
+        return None
+
+    def _commit_group(self, group: list[tuple[asyncio.Future[Any], _Insert]]) -> None:
+        """Commit every publish of ``group`` in one transaction, each in its own savepoint.
+
+        A publish that fails alone (a constraint) fails alone; a failed commit
+        fails them all, and nothing of theirs is stored.
+        """
+
+        def insert_all(db: sqlite3.Connection) -> list[BaseException | None]:
+            errors: list[BaseException | None] = []
+            for _, insert in group:
+                db.execute("SAVEPOINT publish")
+                try:
+                    db.executemany(INSERT, insert.rows).close()
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO publish")
+                    errors.append(BrokerError(f"SQLite broker {redact_url(self.url)}: {exc}"))
+                else:
+                    errors.append(None)
+                db.execute("RELEASE publish")
+            return errors
+
+        try:
+            errors = self._call(lambda db: _write(db, insert_all))
+        except BaseException as exc:
+            errors = [exc] * len(group)
+        for (future, _), error in zip(group, errors, strict=True):
+            with contextlib.suppress(RuntimeError):  # that event loop is closed
+                future.get_loop().call_soon_threadsafe(_settle, future, None, error)
 
     def _shut(self) -> None:
         if self._db is not None:
@@ -435,8 +507,8 @@ class SQLiteBroker(Broker):
 
     def __init__(self, url: str, options: BrokerOptions | None = None):
         super().__init__(url, options)
-        parse_sqlite_url(url)  # a malformed URL fails here, not at first use
-        self._writer = _Connection(url, "FULL")
+        self._path = str(parse_sqlite_url(url)[0])  # a malformed URL fails here
+        self._shared_writer: _Connection | None = None
         self._connections: set[_Connection] = set()
         self._published: asyncio.Event | None = None
 
@@ -446,11 +518,20 @@ class SQLiteBroker(Broker):
     async def connect(self) -> None:
         await self._writer.run(lambda db: None)
 
+    @property
+    def _writer(self) -> _Connection:
+        """The process's publishing connection to this file, shared with its other brokers."""
+        if self._shared_writer is None:
+            self._shared_writer = _writers.acquire(self._path, self.url)
+        return self._shared_writer
+
     async def close(self) -> None:
         connections, self._connections = self._connections, set()
-        for conn in (self._writer, *connections):
+        for conn in connections:
             await conn.close()
-        self._writer = _Connection(self.url, "FULL")  # connect() may open it again
+        writer, self._shared_writer = self._shared_writer, None  # connect() may open it again
+        if writer is not None and _writers.release(self._path, writer):
+            await writer.close()
 
     async def _publish(self, batch: Sequence[Outgoing]) -> None:
         now = time.time()
@@ -470,9 +551,7 @@ class SQLiteBroker(Broker):
             ]
         except orjson.JSONEncodeError as exc:
             raise SerializationError(f"message headers or properties are not JSON: {exc}") from exc
-        await self._writer.run(
-            lambda db: _write(db, lambda db: db.executemany(INSERT, rows).close())
-        )
+        await self._writer.run(_Insert(rows))
         if self._published is not None:
             self._published.set()
             self._published = None
@@ -515,6 +594,49 @@ class SQLiteBroker(Broker):
     async def _dead_letter_raw(self, queue: str, raw: bytes, reason: str) -> None:
         params = (queue, reason, time.time(), raw)
         await self._writer.run(lambda db: db.execute(DEAD_LETTER_RAW, params).close())
+
+
+class _Writers:
+    """The publishing connection of each database file, shared by a process's brokers.
+
+    Counted: the last broker to close closes it. A forked child starts with
+    none, since the parent's connection threads do not exist in it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shared: dict[str, tuple[_Connection, int]] = {}
+        self._orphans: list[tuple[_Connection, int]] = []
+
+    def acquire(self, path: str, url: str) -> _Connection:
+        with self._lock:
+            conn, users = self._shared.get(path) or (_Connection(url, "FULL"), 0)
+            self._shared[path] = (conn, users + 1)
+            return conn
+
+    def release(self, path: str, conn: _Connection) -> bool:
+        """Drop one user of ``conn``; True when it has no user left (the caller closes it)."""
+        with self._lock:
+            current, users = self._shared.get(path, (None, 0))
+            if current is not conn:
+                return False  # from before a fork: never shared with this process
+            if users > 1:
+                self._shared[path] = (conn, users - 1)
+                return False
+            del self._shared[path]
+            return True
+
+    def forget_after_fork(self) -> None:
+        # The inherited connections stay referenced and unclosed: SQLite must
+        # not close in the child a connection the parent opened (this process
+        # holds none of its locks, and closing could checkpoint the WAL away).
+        self._lock = threading.Lock()
+        self._orphans.extend(self._shared.values())
+        self._shared = {}
+
+
+_writers = _Writers()
+os.register_at_fork(after_in_child=_writers.forget_after_fork)
 
 
 def _dead_letter(row: Row) -> DeadLetter:

@@ -3,7 +3,8 @@
 On success: each ``link`` callback gets the result as its first argument
 (unless immutable), and the next step of ``chain`` (stored reversed in the
 body) is sent with the rest of the chain. On failure: each ``link_error``
-errback is sent with the failed task's id as its argument.
+errback is sent with the failed task's id as its argument. Plain calls go
+out in one batch; a next step that is a group or chord is sent as one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from ... import states
 from ...canvas import Signature
 from ...execution import Outcome
-from ...sending import SendOptions
+from ...protocol import Outgoing
 from ..context import WorkerContext
 from ..job import Job
 from .base import Middleware
@@ -21,37 +22,41 @@ from .base import Middleware
 
 class Callbacks(Middleware):
     async def after_task(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> Outcome:
+        request = job.request
         if outcome.state == states.SUCCESS:
-            follow = [Signature[Any](s, app=ctx.app) for s in job.request.callbacks or ()]
-            chain = list(job.request.chain or ())
-            batch = [self._call(ctx, job, sig, (outcome.value,), None) for sig in follow]
+            calls = [self._next(ctx, job, s, (outcome.value,)) for s in request.callbacks or ()]
+            chain = list(request.chain or ())
             if chain:
-                nxt = Signature[Any](chain.pop(), app=ctx.app)
-                batch.append(self._call(ctx, job, nxt, (outcome.value,), chain or None))
+                step = chain.pop()
+                calls.append(self._next(ctx, job, step, (outcome.value,), chain=chain or None))
         elif outcome.state == states.FAILURE:
-            batch = [
-                self._call(ctx, job, Signature(s, app=ctx.app), (job.id,), None, prepend=True)
-                for s in job.request.errbacks or ()
-            ]
+            calls = [self._next(ctx, job, s, (job.id,)) for s in request.errbacks or ()]
         else:
             return outcome
-        if batch:
-            await ctx.app.asend_outgoing(batch)
+        await send_all(ctx, calls)
         return outcome
 
-    def _call(
+    def _next(
         self,
         ctx: WorkerContext,
         job: Job,
-        sig: Signature[Any],
-        parent_result: tuple[Any, ...],
-        chain: list[dict[str, Any]] | None,
-        prepend: bool = False,
-    ) -> Any:
-        args = sig.args if sig.immutable and not prepend else [*parent_result, *sig.args]
-        options = {**sig.options}
-        opts = SendOptions.from_kwargs(options)
-        opts.parent_id = job.id
-        opts.root_id = job.request.root_id or job.id
-        opts.chain = chain
-        return ctx.app.build_outgoing(sig.task, args, sig.kwargs, opts, ctx.app.tasks.get(sig.task))
+        data: dict[str, Any],
+        args: tuple[Any, ...],
+        *,
+        chain: list[dict[str, Any]] | None = None,
+    ) -> Signature[Any]:
+        sig = Signature.from_dict(data, ctx.app)
+        root = job.request.root_id or job.id
+        return sig.clone(args, parent_id=job.id, root_id=root, chain=chain)
+
+
+async def send_all(ctx: WorkerContext, calls: list[Signature[Any]]) -> None:
+    """Plain task calls in one publish; flows (groups, chords) each as their own."""
+    batch: list[Outgoing] = []
+    for call in calls:
+        if call.is_plain:
+            batch.append(call.outgoing(ctx.app))
+        else:
+            await call.asend(ctx.app)
+    if batch:
+        await ctx.app.asend_outgoing(batch)

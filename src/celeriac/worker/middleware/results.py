@@ -57,6 +57,7 @@ class Results(Middleware):
             outcome.state,
             result,
             outcome.traceback,
+            children=[[[child, None], None] for child in job.request.children],
             date_done=utcnow_iso() if outcome.state in states.READY_STATES else None,
             extra=extra,
         )

@@ -1,0 +1,85 @@
+"""``redis://`` and ``rediss://`` URLs, shared by the Redis broker and result store.
+
+redis-py's own URL syntax (``redis://[[user]:password@]host[:port][/db][?opts]``,
+``rediss://`` for TLS, ``unix://`` is not offered), plus celeriac's options:
+
+* ``prefix`` (or kombu's name, ``global_keyprefix``): a string put before every
+  key, so several apps share one Redis database.
+
+Other query options pass through to redis-py: ``socket_timeout``,
+``socket_connect_timeout``, ``ssl_cert_reqs`` (``none``, ``optional``,
+``required``; Celery's ``CERT_NONE`` spelling works too), ``ssl_ca_certs``,
+``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``, ...
+
+The driver is optional: this module imports ``redis`` only when a URL is
+opened, and says how to install it when it is missing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool
+
+__all__ = ["START_HINT", "open_pool", "split_prefix"]
+
+START_HINT = (
+    "start Redis, e.g.: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 "
+    '--save "" --appendonly no'
+)
+"""Said in every "cannot reach Redis" error."""
+
+_PREFIX_OPTIONS = ("prefix", "global_keyprefix")
+_CERT_REQS = {"cert_none": "none", "cert_optional": "optional", "cert_required": "required"}
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """``url`` without celeriac's own query options, and the key prefix it named."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigurationError(f"not a Redis URL: {url!r}; use redis:// or rediss://")
+    prefix = ""
+    kept: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _PREFIX_OPTIONS:
+            prefix = value
+        elif name == "ssl_cert_reqs":
+            kept.append((name, _CERT_REQS.get(value.lower(), value.lower())))
+        else:
+            kept.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(kept))), prefix
+
+
+def open_pool(url: str, *, blocking: bool = False, **overrides: Any) -> tuple[ConnectionPool, str]:
+    """A connection pool for ``url`` and the key prefix; nothing is connected yet.
+
+    Connections retry a command once on a connection error (a pooled socket that
+    a Redis restart closed), with no backoff, so an unreachable server fails fast.
+    ``blocking`` bounds the pool: callers wait for a free connection instead of
+    opening one per concurrent command.
+    """
+    try:
+        from redis.asyncio import BlockingConnectionPool
+        from redis.asyncio import ConnectionPool as Pool
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+    except ImportError as exc:  # pragma: no cover - exercised by a test that hides redis
+        raise ConfigurationError(
+            f"the Redis driver is not installed (needed for {url.partition('://')[0]}:// URLs); "
+            "install it with: pip install 'celeriac[redis]'"
+        ) from exc
+    plain, prefix = split_prefix(url)
+    kwargs: dict[str, Any] = {"retry": Retry(NoBackoff(), 1), **overrides}
+    try:
+        if blocking:
+            kwargs.setdefault("max_connections", 64)
+            return BlockingConnectionPool.from_url(plain, **kwargs), prefix
+        return Pool.from_url(plain, **kwargs), prefix
+    except ValueError as exc:
+        from .brokers.base import redact_url
+
+        raise ConfigurationError(f"bad Redis URL {redact_url(url)}: {exc}") from exc
