@@ -143,3 +143,19 @@ def test_signature_clone_and_immutable(app: Celeriac) -> None:
     assert sig.clone((3,))["args"] == [3, 2]
     assert add.si(2, 2).clone((9,))["args"] == [2, 2]
     assert dict(sig)["task"] == add.name
+
+
+def test_eager_fixture(celeriac_eager_app: Celeriac) -> None:
+    @celeriac_eager_app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert add.delay(2, 3).get() == 5
+
+
+def test_worker_fixture(celeriac_app: Celeriac, celeriac_worker: object) -> None:
+    @celeriac_app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert add.delay(2, 3).get(timeout=5) == 5

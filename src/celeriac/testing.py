@@ -1,8 +1,8 @@
 """Testing helpers: an in-memory app, a worker in a thread, a worker in a subprocess.
 
 Use as a pytest plugin (``pytest_plugins = ["celeriac.testing"]``) for the
-``celeriac_app`` and ``celeriac_worker`` fixtures, or call the helpers
-directly::
+``celeriac_app``, ``celeriac_eager_app`` and ``celeriac_worker`` fixtures, or
+call the helpers directly::
 
     app = memory_app()
     with worker_thread(app):
@@ -168,6 +168,13 @@ else:
     def celeriac_app() -> Iterator[Celeriac]:
         """A fresh in-memory app."""
         app = memory_app()
+        yield app
+        app.close()
+
+    @pytest.fixture
+    def celeriac_eager_app() -> Iterator[Celeriac]:
+        """An in-memory app whose tasks run at once in the caller (``task_always_eager``)."""
+        app = memory_app(task_always_eager=True)
         yield app
         app.close()
 
