@@ -163,3 +163,40 @@ async def test_unusable_path_names_the_url() -> None:
         await broker.connect()
     assert url in str(caught.value)
     await broker.close()
+
+
+async def test_publishes_from_threads_and_tasks_commit_together_and_all_land(url: str) -> None:
+    """8 threads, each its own loop and broker, 4 concurrent publishers each: the
+    brokers share one publishing connection, whose group commits lose nothing,
+    keep each publisher's order, and outlive the close of all but the last broker."""
+    threads, tasks, each = 8, 4, 25
+
+    def produce(thread: int) -> None:
+        async def main() -> None:
+            broker = SQLiteBroker(url, OPTIONS)
+            await broker.connect()
+
+            async def one(task: int) -> None:
+                for i in range(each):
+                    message = Message({"task": "t", "id": f"{thread}-{task}-{i}"}, b"[]")
+                    await broker.publish([Outgoing("q", message)])
+
+            await asyncio.gather(*(one(task) for task in range(tasks)))
+            await broker.close()
+
+        asyncio.run(main())
+
+    await asyncio.gather(*(asyncio.to_thread(produce, t) for t in range(threads)))
+    first, second = SQLiteBroker(url, OPTIONS), SQLiteBroker(url, OPTIONS)
+    await first.connect()
+    await second.connect()
+    assert first._writer is second._writer
+    await first.close()
+    assert await second.stats("q") == QueueStats(threads * tasks * each, 0, 0)
+    consumer = second.consumer(["q"], "reader")
+    ids = [d.message.headers["id"] for d in await consumer.fetch(10_000, timeout=1)]
+    for producer in {i.rpartition("-")[0] for i in ids}:
+        mine = [int(i.rpartition("-")[2]) for i in ids if i.rpartition("-")[0] == producer]
+        assert mine == list(range(each))
+    await consumer.close()
+    await second.close()

@@ -314,7 +314,7 @@ class _Connection:
 
     def _gather(self, group: list[tuple[asyncio.Future[Any], _Insert]]) -> _Job | None:
         """Add the publishes queued behind the first; return the first other job, if any."""
-        while len(group) < GROUP_LIMIT:
+        while len(group) < GROUP_LIMIT and not self._jobs.empty():
             try:
                 future, work = self._jobs.get_nowait()
             except queue.Empty:

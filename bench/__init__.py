@@ -1,0 +1,1 @@
+"""Benchmarks: celeriac measured against other task queues in the same run."""
