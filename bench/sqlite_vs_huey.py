@@ -42,6 +42,7 @@ CELERIAC_WORKER = [
     "worker",
     "-l",
     "WARNING",
+    *os.environ.get("BENCH_CELERIAC_WORKER", "").split(),
 ]
 WORKLOADS = ("serial", "threads", "batch", "drain", "latency")
 

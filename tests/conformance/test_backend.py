@@ -303,3 +303,9 @@ async def test_claims_and_members_expire(connect: Connect) -> None:
     await asyncio.sleep(0.3)
     assert await backend.claim(name), "an expired claim can be made again"
     assert await backend.mark_done(group, "b") == 1, "expired members no longer count"
+
+
+async def test_store_many_round_trips(backend: ResultBackend) -> None:
+    ids = [new_id() for _ in range(20)]
+    await backend.store_many([meta(i, states.PENDING) for i in ids])
+    assert [m.status if m else None for m in await backend.get_many(ids)] == [states.PENDING] * 20

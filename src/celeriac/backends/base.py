@@ -110,15 +110,19 @@ class ResultBackend(ABC):
         Every state expires, as in Celery's Redis layout: a PENDING marker for
         a task that never runs (purged, dead-lettered) must not live forever.
         """
-        data, _, _ = self._codec.dumps(meta.to_dict(), self.options.serializer)
         expires = keep_for if keep_for is not None else self.options.expires
-        await self._set(self.key_for(meta.task_id), data, expires)
+        await self._set(self.key_for(meta.task_id), self._encode(meta), expires)
 
     async def store_many(
         self, metas: Sequence[ResultMeta], *, keep_for: float | None = None
     ) -> None:
-        for meta in metas:
-            await self.store(meta, keep_for=keep_for)
+        """Store several metas in one round trip where the store can."""
+        expires = keep_for if keep_for is not None else self.options.expires
+        await self._set_many([(self.key_for(m.task_id), self._encode(m)) for m in metas], expires)
+
+    def _encode(self, meta: ResultMeta) -> bytes:
+        data, _, _ = self._codec.dumps(meta.to_dict(), self.options.serializer)
+        return data
 
     async def save_group(self, group_id: str, task_ids: Sequence[str]) -> None:
         """Remember a group's member ids, in order, as Celery's ``GroupResult.save()`` does."""
@@ -216,6 +220,11 @@ class ResultBackend(ABC):
 
     @abstractmethod
     async def _delete(self, key: str) -> None: ...
+
+    async def _set_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+        """Several ``_set`` calls; stores override this to make it one round trip."""
+        for key, value in items:
+            await self._set(key, value, expires)
 
     @abstractmethod
     async def _add_member(self, key: str, member: str, expires: float | None) -> int:

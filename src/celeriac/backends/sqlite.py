@@ -60,7 +60,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from pathlib import Path
@@ -142,6 +142,8 @@ class SQLiteBackend(ResultBackend):
         self._path, _ = parse_sqlite_url(url)
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._fast: sqlite3.Connection | None = None
+        """Used on the event loop itself, never waits for a lock (see ``_run``)."""
         self._writes = 0
         self._waiters: dict[str, list[_Waiter]] = {}
         self._recheck = False
@@ -159,6 +161,10 @@ class SQLiteBackend(ResultBackend):
             executor.shutdown(wait=False)
             raise
         self._executor = executor
+        self._fast = sqlite3.connect(
+            self._path, timeout=0, isolation_level=None, check_same_thread=False
+        )
+        self._fast.execute("PRAGMA synchronous=NORMAL")
 
     async def close(self) -> None:
         watcher, self._watcher = self._watcher, None
@@ -166,8 +172,10 @@ class SQLiteBackend(ResultBackend):
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        conn, executor = self._conn, self._executor
-        self._conn = self._executor = None
+        conn, executor, fast = self._conn, self._executor, self._fast
+        self._conn = self._executor = self._fast = None
+        if fast is not None:
+            fast.close()
         if conn is not None and executor is not None:
             await asyncio.get_running_loop().run_in_executor(executor, conn.close)
             executor.shutdown(wait=False)
@@ -188,6 +196,11 @@ class SQLiteBackend(ResultBackend):
 
     async def _claim(self, key: str, expires: float | None) -> bool:
         return await self._run(_claim, key, expires)
+
+    async def _set_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+        await self._run(_upsert_many, list(items), expires)
+        for key, _ in items:
+            self._wake(key)
 
     async def _delete(self, key: str) -> None:
         await self._run(_delete, key)
@@ -226,7 +239,7 @@ class SQLiteBackend(ResultBackend):
             await asyncio.sleep(_WATCH_INTERVAL)
             keys, force, self._recheck = list(self._waiters), self._recheck, False
             try:
-                data_version, rows = await self._run(_look, data_version, force, keys)
+                data_version, rows = await self._on_thread(_look, data_version, force, keys)
             except BackendError:
                 for key in list(self._waiters):
                     self._wake(key)  # they read next and meet the error themselves
@@ -242,13 +255,37 @@ class SQLiteBackend(ResultBackend):
             if not future.done():
                 future.set_result(None)
 
-    async def _run(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
-        """Run ``fn(conn, *args)`` on the connection's thread; driver errors become BackendError."""
+    async def _on_thread(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
+        """Run on the connection's thread (the watcher's data_version is that connection's)."""
         conn, executor = self._conn, self._executor
         if conn is None or executor is None:
             raise BackendError(f"result store {self.url} is not connected; call connect() first")
-        loop = asyncio.get_running_loop()
         try:
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, _retrying, fn, conn, *args
+            )
+        except sqlite3.Error as exc:
+            raise BackendError(f"result store {self.url} failed: {exc}") from exc
+
+    async def _run(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
+        """Run ``fn(conn, *args)``; driver errors become BackendError.
+
+        First right here on the event loop, on a connection that never waits
+        for a lock: a statement here takes tens of microseconds, less than
+        the hop to another thread. If another connection holds the write lock
+        (SQLITE_BUSY at once), the call goes to the connection's own thread,
+        which waits and retries there instead of blocking the loop.
+        """
+        conn, executor, fast = self._conn, self._executor, self._fast
+        if conn is None or executor is None or fast is None:
+            raise BackendError(f"result store {self.url} is not connected; call connect() first")
+        try:
+            try:
+                return fn(fast, *args)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+            loop = asyncio.get_running_loop()
             return await loop.run_in_executor(executor, _retrying, fn, conn, *args)
         except sqlite3.Error as exc:
             raise BackendError(f"result store {self.url} failed: {exc}") from exc
@@ -290,6 +327,11 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _retrying(
     fn: Callable[[sqlite3.Connection, *Ts], T], conn: sqlite3.Connection, *args: *Ts
 ) -> T:
@@ -300,8 +342,7 @@ def _retrying(
             return fn(conn, *args)
         except sqlite3.OperationalError as exc:
             attempt += 1
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or attempt == _BUSY_RETRIES:
+            if not _is_busy(exc) or attempt == _BUSY_RETRIES:
                 raise
             time.sleep(0.005 * 2**attempt)
 
@@ -351,6 +392,15 @@ def _claim(conn: sqlite3.Connection, key: str, expires: float | None) -> bool:
     now = time.time()
     cursor = conn.execute(_CLAIM, (key, None if expires is None else now + expires, now))
     return cursor.rowcount == 1
+
+
+def _upsert_many(
+    conn: sqlite3.Connection, items: list[tuple[str, bytes]], expires: float | None
+) -> None:
+    expires_at = None if expires is None else time.time() + expires
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(_UPSERT, [(key, value, expires_at) for key, value in items])
 
 
 def _delete(conn: sqlite3.Connection, key: str) -> None:

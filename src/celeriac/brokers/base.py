@@ -193,8 +193,15 @@ class Consumer(ABC):
         if self._closed:
             raise RuntimeError("consumer is closed")
         self._start_heartbeat()
-        await self.flush_acks()
-        deliveries = await self._fetch(limit, timeout)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        acks, self._pending_acks = self._pending_acks, []
+        try:
+            deliveries = await self._ack_and_fetch(acks, limit, timeout)
+        except BaseException:
+            self._pending_acks[:0] = acks  # acks are idempotent: sending one twice is harmless
+            raise
         ready: list[Delivery] = []
         doomed: list[Delivery] = []
         for d in deliveries:
@@ -288,7 +295,10 @@ class Consumer(ABC):
 
     async def _heartbeat_loop(self) -> None:
         interval = self.options.heartbeat_interval
-        while True:
+        # Not `while True`: a driver may swallow the cancellation from close() or
+        # abandon() (asyncio.wait_for in Python 3.11 can), and an abandoned
+        # consumer must stop renewing its leases.
+        while not self._closed:
             await asyncio.sleep(interval)
             try:
                 await self.heartbeat()
@@ -296,6 +306,14 @@ class Consumer(ABC):
             except Exception as exc:  # the worker reports it; the loop keeps trying
                 self.heartbeat_error = exc
                 logger.warning("heartbeat to %r failed: %s", self.broker, exc)
+
+    async def _ack_and_fetch(
+        self, acks: Sequence[Delivery], limit: int, timeout: float
+    ) -> list[Delivery]:
+        """Settle the buffered ``acks``, then fetch; a broker may do both in one round trip."""
+        if acks:
+            await self._ack(acks)
+        return await self._fetch(limit, timeout)
 
     @abstractmethod
     async def _fetch(self, limit: int, timeout: float) -> list[Delivery]: ...

@@ -414,11 +414,29 @@ class SQLiteConsumer(Consumer):
         self._idle = False
         self._next_visible = 0.0
 
-    async def _fetch(self, limit: int, timeout: float) -> list[Delivery]:
+    async def _ack_and_fetch(
+        self, acks: Sequence[Delivery], limit: int, timeout: float
+    ) -> list[Delivery]:
+        """The acks and the next lease in one job and one transaction."""
+        if not acks:
+            return await self._fetch(limit, timeout)
+        ids = orjson.dumps([d.tag for d in acks])
+        return await self._fetch(
+            limit, timeout, first=lambda db: self._ack_and_lease(db, ids, limit)
+        )
+
+    async def _fetch(
+        self,
+        limit: int,
+        timeout: float,
+        first: Callable[[sqlite3.Connection], list[Row]] | None = None,
+    ) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         backoff = 0.001
         while True:
-            job = self._conn.submit(lambda db: self._look(db, limit))
+            look = first or (lambda db: self._look(db, limit))
+            first = None
+            job = self._conn.submit(look)
             try:
                 rows = await asyncio.shield(job)
             except asyncio.CancelledError:
@@ -455,6 +473,17 @@ class SQLiteConsumer(Consumer):
         self._idle = not rows
         if not rows:
             self._next_visible = 0.0  # look again (and fetch the earliest) next time
+        return rows
+
+    def _ack_and_lease(self, db: sqlite3.Connection, ids: bytes, limit: int) -> list[Row]:
+        def work(db: sqlite3.Connection) -> list[Row]:
+            db.execute(ACK, (self._owner, ids)).close()
+            return self._lease(db, limit)
+
+        rows = _write(db, work)
+        self._idle = not rows
+        if not rows:
+            self._next_visible = 0.0
         return rows
 
     def _lease(self, db: sqlite3.Connection, limit: int) -> list[Row]:
