@@ -44,7 +44,9 @@ CELERIAC_WORKER = [
     "WARNING",
     *os.environ.get("BENCH_CELERIAC_WORKER", "").split(),
 ]
-WORKLOADS = ("serial", "threads", "batch", "drain", "latency")
+WORKLOADS = ("serial", "threads", "batch", "drain", "drain_prefetch", "latency")
+PREFETCH = "32"
+"""``drain_prefetch`` runs celeriac's worker with ``--prefetch 32`` (Huey has no such knob)."""
 
 
 # -- one measurement, in its own process ----------------------------------------------
@@ -239,7 +241,7 @@ def measure(system: str, workload: str, n: int, calls: int, db: str) -> dict[str
         return threads(q, n)
     if workload == "batch":
         return batch(q, n)
-    if workload == "drain":
+    if workload in ("drain", "drain_prefetch"):
         return drain(q, n, db)
     return latency(q, calls)
 
@@ -251,6 +253,10 @@ def run_one(system: str, workload: str, n: int, calls: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as tmp:
         db = str(Path(tmp) / f"{system}.db")
         env = {**_env(), "BENCH_CELERIAC_DB": db, "BENCH_HUEY_DB": db}
+        if workload == "drain_prefetch":
+            env["BENCH_CELERIAC_WORKER"] = (
+                f"{env.get('BENCH_CELERIAC_WORKER', '')} --prefetch {PREFETCH}"
+            )
         args = ["--one", system, workload, "--tasks", str(n), "--latency-calls", str(calls)]
         out = subprocess.run(
             [sys.executable, __file__, *args],
@@ -302,6 +308,7 @@ LABELS: dict[str, tuple[str, str, bool]] = {
     "threads/rate": (f"enqueue, {THREADS} threads, one by one", "tasks/s", True),
     "batch/rate": (f"enqueue, batches of {BATCH} (send_many)", "tasks/s", True),
     "drain/rate": ("drain, one worker on 2 cores", "tasks/s", True),
+    "drain_prefetch/rate": (f"drain, celeriac --prefetch {PREFETCH}", "tasks/s", True),
     "latency/p50": ("round trip p50 (idle worker)", "ms", False),
     "latency/p99": ("round trip p99 (idle worker)", "ms", False),
 }
