@@ -57,8 +57,9 @@ def split_prefix(url: str) -> tuple[str, str]:
 def open_pool(url: str, *, blocking: bool = False, **overrides: Any) -> tuple[ConnectionPool, str]:
     """A connection pool for ``url`` and the key prefix; nothing is connected yet.
 
-    Connections retry a command once on a connection error (a pooled socket that
-    a Redis restart closed), with no backoff, so an unreachable server fails fast.
+    Connections speak RESP2 (as Celery's do; ``?protocol=3`` in the URL wins) and
+    retry a command once on a connection error (a pooled socket that a Redis
+    restart closed), with no backoff, so an unreachable server fails fast.
     ``blocking`` bounds the pool: callers wait for a free connection instead of
     opening one per concurrent command.
     """
@@ -73,7 +74,7 @@ def open_pool(url: str, *, blocking: bool = False, **overrides: Any) -> tuple[Co
             "install it with: pip install 'celeriac[redis]'"
         ) from exc
     plain, prefix = split_prefix(url)
-    kwargs: dict[str, Any] = {"retry": Retry(NoBackoff(), 1), **overrides}
+    kwargs: dict[str, Any] = {"retry": Retry(NoBackoff(), 1), "protocol": 2, **overrides}
     try:
         if blocking:
             kwargs.setdefault("max_connections", 64)

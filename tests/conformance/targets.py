@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..services import redis_url
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -34,12 +36,19 @@ def _sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'conformance.db'}"
 
 
+def _redis_url(tmp_path: Path) -> str:
+    """Redis db 15 with a key prefix of this test's own; skips (fails under CI) without Redis."""
+    return redis_url()
+
+
 BROKERS: list[Target] = [
     Target("memory", _memory_url, peer="thread"),
     Target("sqlite", _sqlite_url, peer="process"),
+    Target("redis", _redis_url, peer="process"),
 ]
 
 STORES: list[Target] = [
     Target("memory", _memory_url, peer="thread"),
     Target("sqlite", _sqlite_url, peer="process"),
+    Target("redis", _redis_url, peer="process"),
 ]

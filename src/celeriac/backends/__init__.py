@@ -20,9 +20,17 @@ def _sqlite() -> type[ResultBackend]:
     return SQLiteBackend
 
 
+def _redis() -> type[ResultBackend]:
+    from .redis import RedisBackend
+
+    return RedisBackend
+
+
 SCHEMES: dict[str, Callable[[], type[ResultBackend]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
+    "rediss": _redis,
 }
 
 

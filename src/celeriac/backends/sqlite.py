@@ -32,16 +32,16 @@ waiting (WAL recovery, schema changes by another process).
 
 Durability: ``synchronous=NORMAL``. In WAL mode a commit then survives any
 crash of the process; only an OS crash or power loss can undo the last
-commits. On the default shared file that cannot lose a result whose task
-counts as done: the worker stores a result before it acks the message, and
-the broker's ack commit runs with ``synchronous=FULL``, whose fsync of the
-one WAL covers every frame written before it, the result's included. A loss
-of both leaves the message unacked, so the task runs again and stores its
-result again. With results in a file of their own (or a non-SQLite broker),
-power loss can drop the last results of acked tasks; ``get`` then says the
-id is unknown rather than lying. FULL would cost an fsync per stored state
-(two or three per task), for a record that is not where the work's effects
-live; NORMAL is the better trade for a result store.
+commits, and it undoes a suffix of the WAL. On the default shared file the
+worker stores a result before it acks the message (acks are NORMAL too), so
+power loss that drops a result drops the later ack with it: the message is
+delivered again and the task stores its result again. The next FULL commit
+(any publish) makes every earlier frame durable. With results in a file of
+their own (or a non-SQLite broker), power loss can drop the last results of
+acked tasks; ``get`` then says the id is unknown rather than lying. FULL
+would cost an fsync per stored state (two or three per task), for a record
+that is not where the work's effects live; NORMAL is the better trade for a
+result store.
 
 Waiting: ``PRAGMA data_version`` changes when another connection commits
 to the file, the broker's tables included. While any coroutine waits, one

@@ -20,9 +20,17 @@ def _sqlite() -> type[Broker]:
     return SQLiteBroker
 
 
+def _redis() -> type[Broker]:
+    from .redis import RedisBroker
+
+    return RedisBroker
+
+
 SCHEMES: dict[str, Callable[[], type[Broker]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
+    "rediss": _redis,
 }
 
 

@@ -116,8 +116,23 @@ local function bury_consumer(base, group, consumer)
   for p = 0, 9 do redis.pcall('XGROUP', 'DELCONSUMER', KEYS[base + 3 + p], group, consumer) end
 end
 
+-- Settle acks sent with a fetch: ARGV from `at` on is a count of groups, then per
+-- group the KEYS index of a stream, a count of ids, the ids.
+local function ack_from(at, group)
+  local groups = tonumber(ARGV[at] or 0)
+  for _ = 1, groups do
+    local stream, n = KEYS[tonumber(ARGV[at + 1])], tonumber(ARGV[at + 2])
+    local ids = {}
+    for i = 1, n do ids[i] = ARGV[at + 2 + i] end
+    redis.call('XACK', stream, group, unpack(ids))
+    redis.call('XDEL', stream, unpack(ids))
+    at = at + 2 + n
+  end
+end
+
 -- KEYS: per queue, consumers, delayed, streams 0..9.
--- ARGV: 'fetch', group, me, limit, lease_ms, rotation.
+-- ARGV: 'fetch', group, me, limit, lease_ms, rotation, then acks to settle first
+-- (see ack_from).
 -- Returns {deliveries, due_in_ms, wake_ids}: deliveries as {queue index (0-based),
 -- priority, id, delivery count, h, b}; when there are none, how long until a delayed
 -- message or a lease comes due (-1: nothing will) and each stream's last
@@ -126,6 +141,7 @@ local function fetch()
   local group, me = ARGV[2], ARGV[3]
   local left, lease, rotation = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
   local nq = #KEYS / KEYS_PER_QUEUE
+  ack_from(7, group)
   local now = now_ms()
   local lapsed = {}
   for q = 0, nq - 1 do
@@ -162,6 +178,23 @@ local function fetch()
     for p = 0, 9 do ids[#ids + 1] = last_delivered(KEYS[base + 3 + p], group) or '0-0' end
   end
   return {out, due, ids}
+end
+
+-- KEYS: the streams and delayed sets written to. ARGV: 'publish', then per
+-- message either 'x', KEYS index, h, b (append to a stream) or 'z', KEYS index,
+-- not_before_ms, member (add to a delayed set). Returns how many it stored.
+local function publish()
+  local i, n = 2, 0
+  while i <= #ARGV do
+    local key = KEYS[tonumber(ARGV[i + 1])]
+    if ARGV[i] == 'x' then
+      redis.call('XADD', key, '*', 'h', ARGV[i + 2], 'b', ARGV[i + 3])
+    else
+      redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3])
+    end
+    i, n = i + 4, n + 1
+  end
+  return n
 end
 
 -- KEYS: per queue, consumers. ARGV: 'beat', me, lease_ms.
@@ -278,7 +311,7 @@ local function requeue()
 end
 
 local commands = {
-  fetch = fetch, beat = beat, release = release, bury = bury, leave = leave,
+  fetch = fetch, publish = publish, beat = beat, release = release, bury = bury, leave = leave,
   stats = stats, purge = purge, requeue = requeue,
 }
 return commands[cmd]()
