@@ -1,0 +1,444 @@
+"""The Redis broker (``redis://``, ``rediss://``): Streams with consumer groups.
+
+URL: redis-py's (``redis://[:password@]host[:port][/db][?options]``, see
+:mod:`celeriac.redis_url`); ``?prefix=app1:`` (or kombu's ``global_keyprefix``)
+goes before every key, so several apps share one database. Needs Redis 6.2+
+(or Valkey) and ``pip install 'celeriac[redis]'``.
+
+Keys (``P`` = the prefix + ``KEY_PREFIX``; names are the ``*_KEY`` constants;
+``redis_broker.lua`` beside this module holds every script):
+
+``P queue:<queue>:<priority>``, STREAM, one per queue and priority 0-9:
+    the queue's ready messages and its delivered, unacked ones; consumer group
+    ``celeriac`` (``GROUP``), created at id 0 on first fetch. Entry fields:
+    ``h`` (orjson ``[headers, properties, content_type, content_encoding]``),
+    ``b`` (the body bytes), ``n`` (deliveries before this entry; absent: 0).
+    Lifetime: an entry lives from publish (or from its move out of the delayed
+    set) until acked: the ack is ``XACK`` + ``XDEL`` in one ``MULTI``, so a
+    stream only ever holds unacked messages and memory stays bounded. The
+    (empty) stream and its group stay, as long as the database.
+``P delayed:<queue>``, ZSET: messages with a ``not_before`` in the future
+    (eta, countdown, retries, requeue with a delay): member msgpack
+    ``[priority, n, h, b, nonce]``, score ``not_before`` in UNIX ms. Lifetime:
+    until due, then the next fetch of the queue moves it into its stream in
+    the same Lua call. No worker holds it in memory meanwhile.
+``P consumers:<queue>``, ZSET: consumer (``name#random``) -> lease expiry,
+    UNIX ms by the server's clock. Each fetch and each heartbeat (every
+    ``lease_timeout / 4``) pushes it ``lease_timeout`` ahead. Lifetime: until
+    the consumer closes, or until a fetch finds it lapsed and has taken over
+    everything it held in the queue.
+``P dead``, STREAM: dead letters of every queue, fields ``q`` queue, ``p``
+    priority, ``r`` reason, ``c`` delivery count, ``t`` UNIX time, and ``h``,
+    ``b`` for a message or ``x`` for bytes that were never one. The entry id is
+    the dead letter's id. Lifetime: until requeued or purged.
+
+Mechanism:
+
+* Publish is one round trip: ``XADD`` for one message; a batch (or a delayed
+  message, ``ZADD``) is one Lua call, atomic, per ``PUBLISH_CHUNK`` messages.
+  It returns once Redis has the messages (durable as far as the server's
+  persistence settings make them).
+* Fetch is one Lua call (one round trip when work is ready). It renews the
+  consumer's lease, moves due delayed messages into their streams, then for
+  each priority from 9 down to 0 (queues of equal priority in rotating order)
+  takes over entries that *lapsed* consumers held (``XPENDING`` for that
+  consumer, ``XCLAIM``) and reads new ones (``XREADGROUP ... >``) until it has
+  ``limit``. A live consumer's entries are never claimed, however long its
+  task runs: claims go by the holder's lease, not by idle time (Celery's
+  visibility timeout redelivers a long task to a second worker). When nothing
+  is ready, the consumer waits in ``XREAD BLOCK`` on every stream from its
+  group's last delivered id (no side effect, so cancelling it is safe), at
+  most until the earliest delayed message or lease comes due, and at most
+  ``MAX_BLOCK`` (a delayed message published meanwhile by another client is
+  noticed within that), then fetches again.
+* Delivery count: the stream's pending-entries list counts deliveries of an
+  entry; ``n`` carries the count across a hand-back (a new entry).
+* Acks are batched by the base class and ride in the next fetch's Lua call
+  (or, flushed by the timer, go as one ``MULTI``), ``XACK`` + ``XDEL`` per
+  stream. A consumer whose lease was taken over can still ack (the task did
+  finish), which at-least-once allows.
+* Requeue / hand-back: ``XACK`` + ``XDEL`` and a new entry at the stream's
+  end (it became visible now) or into the delayed set, only if the consumer
+  still holds it. Dead-lettering moves an owned entry into ``P dead``.
+* Errors: a refused or lost connection is :class:`BrokerUnavailable` naming
+  the URL (password hidden) and how to start Redis; any other Redis error is
+  :class:`BrokerError`. A pooled connection that a server restart closed is
+  retried once; a consumer goes on after a restart (groups and scripts are
+  created again on first use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, cast
+
+import msgpack
+import orjson
+
+from ..errors import BrokerError, BrokerUnavailable, ConfigurationError, SerializationError
+from ..protocol import Message, Outgoing, encode_envelope
+from ..redis_url import START_HINT, open_pool
+from .base import Broker, BrokerOptions, Consumer, DeadLetter, Delivery, QueueStats, redact_url
+
+try:
+    import redis.asyncio as aioredis
+    from redis import exceptions as redis_errors
+except ImportError as exc:  # the driver is an optional extra
+    raise ConfigurationError(
+        "the Redis broker needs the redis driver: pip install 'celeriac[redis]'"
+    ) from exc
+
+__all__ = ["RedisBroker", "RedisConsumer"]
+
+KEY_PREFIX = "celeriac:"
+QUEUE_KEY = "queue:{queue}:{priority}"
+DELAYED_KEY = "delayed:{queue}"
+CONSUMERS_KEY = "consumers:{queue}"
+DEAD_KEY = "dead"
+GROUP = "celeriac"
+PRIORITIES = range(10)
+MAX_BLOCK = 1.0
+"""Longest single XREAD BLOCK of an idle consumer, in seconds."""
+DEAD_PAGE = 500
+PUBLISH_CHUNK = 5000
+"""Messages per publish script call: bounds how long one call holds Redis."""
+
+SCRIPT = importlib.resources.files(__package__).joinpath("redis_broker.lua").read_text("utf-8")
+
+Tag = tuple[str, bytes, int, bytes, bytes]
+"""A delivery's handle: stream key, entry id, priority, ``h`` and ``b`` as stored."""
+
+
+class _Keys:
+    """Every key name, with the URL's prefix."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix + KEY_PREFIX
+        self.dead = self.prefix + DEAD_KEY
+
+    def stream(self, queue: str, priority: int) -> str:
+        return self.prefix + QUEUE_KEY.format(queue=queue, priority=priority)
+
+    def delayed(self, queue: str) -> str:
+        return self.prefix + DELAYED_KEY.format(queue=queue)
+
+    def consumers(self, queue: str) -> str:
+        return self.prefix + CONSUMERS_KEY.format(queue=queue)
+
+    def queue(self, queue: str) -> list[str]:
+        """The 12 keys of a queue, in the order the Lua script expects."""
+        return [
+            self.consumers(queue),
+            self.delayed(queue),
+            *(self.stream(queue, p) for p in PRIORITIES),
+        ]
+
+
+def _head(message: Message) -> bytes:
+    try:
+        return orjson.dumps(
+            [
+                dict(message.headers),
+                dict(message.properties),
+                message.content_type,
+                message.content_encoding,
+            ]
+        )
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise SerializationError(f"message headers or properties are not JSON: {exc}") from exc
+
+
+def _message(head: bytes, body: bytes) -> Message:
+    headers, properties, content_type, content_encoding = orjson.loads(head)
+    return Message(headers, body, content_type, content_encoding, properties)
+
+
+class RedisConsumer(Consumer):
+    """A member of each stream's consumer group, named ``name#random``.
+
+    The random suffix keeps a restarted worker of the same name from renewing
+    (by heartbeat) the lease its dead predecessor held.
+    """
+
+    def __init__(self, broker: RedisBroker, queues: Sequence[str], name: str):
+        super().__init__(broker, queues, name)
+        self._broker = broker
+        self._me = f"{name}#{secrets.token_hex(4)}"
+        keys = broker._keys
+        self._keys = [k for q in self.queues for k in keys.queue(q)]
+        self._streams = [k for q in self.queues for k in keys.queue(q)[2:]]
+        self._key_index = {k: i + 1 for i, k in enumerate(self._keys)}
+        """Stream key -> its 1-based position in the fetch script's KEYS."""
+        self._consumer_keys = [keys.consumers(q) for q in self.queues]
+        self._lease_ms = max(int(self.options.lease_timeout * 1000), 1)
+        self._rotation = 0
+
+    async def _fetch(self, limit: int, timeout: float) -> list[Delivery]:
+        return await self._ack_and_fetch((), limit, timeout)
+
+    async def _ack_and_fetch(
+        self, acks: Sequence[Delivery], limit: int, timeout: float
+    ) -> list[Delivery]:
+        """Buffered acks travel in the fetch's own Lua call: one round trip for both."""
+        deadline = time.monotonic() + timeout
+        ack_args = self._ack_args(acks)
+        while True:
+            deliveries, due_in, wake_ids = await self._take(limit, ack_args)
+            ack_args = []
+            if deliveries:
+                return deliveries
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            block = min(remaining, MAX_BLOCK, due_in if due_in >= 0 else MAX_BLOCK)
+            streams: dict[Any, Any] = dict(zip(self._streams, wake_ids, strict=True))
+            with self._broker._errors():
+                await self._broker._client.xread(streams, count=1, block=max(int(block * 1000), 1))
+
+    def _ack_args(self, acks: Sequence[Delivery]) -> list[Any]:
+        """Acks as the fetch script reads them: groups of (stream's KEYS index, count, ids)."""
+        by_stream: dict[str, list[bytes]] = {}
+        for d in acks:
+            by_stream.setdefault(d.tag[0], []).append(d.tag[1])
+        args: list[Any] = [len(by_stream)]
+        for stream, ids in by_stream.items():
+            args += [self._key_index[stream], len(ids), *ids]
+        return args
+
+    async def _take(
+        self, limit: int, ack_args: Sequence[Any]
+    ) -> tuple[list[Delivery], float, list[bytes]]:
+        """One fetch call; deliveries it made are handed back if we are cancelled meanwhile."""
+        self._rotation += 1
+        rotation = self._rotation % len(self.queues)
+        args = ["fetch", GROUP, self._me, limit, self._lease_ms, rotation, *ack_args]
+        job = asyncio.ensure_future(self._broker._run(self._keys, args))
+        try:
+            rows, due_in, wake_ids = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                rows = (await job)[0]
+                await self._release(await self._deliveries(rows), None, uncount=True)
+            raise
+        return await self._deliveries(rows), due_in / 1000, wake_ids
+
+    async def _deliveries(self, rows: list[list[Any]]) -> list[Delivery]:
+        deliveries = []
+        for q, p, entry_id, count, head, body in rows:
+            queue = self.queues[q]
+            tag: Tag = (self._broker._keys.stream(queue, p), entry_id, p, head, body)
+            try:
+                message = _message(head, body)
+            except (ValueError, TypeError) as exc:
+                await self._bury_garbage(queue, tag, f"undecodable stream entry: {exc}")
+                continue
+            deliveries.append(Delivery(message, queue, count, tag))
+        return deliveries
+
+    async def _bury_garbage(self, queue: str, tag: Tag, reason: str) -> None:
+        await self._broker._dead_letter_raw(queue, tag[3] + tag[4], reason)
+        await self._ack_tags([tag])
+
+    async def _ack(self, deliveries: Sequence[Delivery]) -> None:
+        await self._ack_tags([d.tag for d in deliveries])
+
+    async def _ack_tags(self, tags: Sequence[Tag]) -> None:
+        by_stream: dict[str, list[bytes]] = {}
+        for tag in tags:
+            by_stream.setdefault(tag[0], []).append(tag[1])
+        client = self._broker._client
+        with self._broker._errors():
+            async with client.pipeline(transaction=True) as pipe:
+                for stream, ids in by_stream.items():
+                    pipe.xack(stream, GROUP, *ids)
+                    pipe.xdel(stream, *ids)
+                await pipe.execute()
+
+    async def _release(
+        self, deliveries: Sequence[Delivery], not_before: float | None, *, uncount: bool
+    ) -> None:
+        if not deliveries:
+            return
+        keys: list[str] = []
+        args: list[Any] = ["release", GROUP, self._me]
+        due = 0 if not_before is None else int(not_before * 1000)
+        for d in deliveries:
+            stream, entry_id, priority, head, body = d.tag
+            keys += [stream, self._broker._keys.delayed(d.queue)]
+            args += [entry_id, priority, d.delivery_count - int(uncount), head, body, due]
+        await self._broker._run(keys, args)
+
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        stream, entry_id, priority, head, body = delivery.tag
+        keys = [stream, self._broker._keys.dead]
+        args = ["bury", GROUP, self._me, entry_id, delivery.queue, priority, reason]
+        await self._broker._run(keys, [*args, delivery.delivery_count, time.time(), head, body])
+
+    async def _heartbeat(self) -> None:
+        if self._closed:  # abandoned or closed while the timer slept: renew nothing
+            return
+        await self._broker._run(self._consumer_keys, ["beat", self._me, self._lease_ms])
+
+    async def _close(self) -> None:
+        with contextlib.suppress(BrokerError):
+            await self._broker._run(self._keys, ["leave", GROUP, self._me])
+
+
+class RedisBroker(Broker):
+    """``redis://host:port/db`` or ``rediss://`` (TLS): see the module docstring."""
+
+    scheme = "redis"
+
+    def __init__(self, url: str, options: BrokerOptions | None = None):
+        super().__init__(url, options)
+        pool, prefix = open_pool(url)
+        self._client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self._script = self._client.register_script(SCRIPT)
+        self._keys = _Keys(prefix)
+
+    def consumer(self, queues: Sequence[str], name: str) -> RedisConsumer:
+        return RedisConsumer(self, queues, name)
+
+    async def connect(self) -> None:
+        with self._errors():
+            info = await self._client.info("server")
+        version = tuple(int(x) for x in str(info.get("redis_version", "0")).split(".")[:2])
+        if version < (6, 2):
+            raise BrokerError(
+                f"Redis at {redact_url(self.url)} is version {info.get('redis_version')}; "
+                "the Redis broker needs 6.2 or later"
+            )
+
+    async def close(self) -> None:
+        await self._client.aclose(close_connection_pool=True)
+
+    async def _publish(self, batch: Sequence[Outgoing]) -> None:
+        now = time.time()
+        keys = self._keys
+        if len(batch) == 1 and (batch[0].not_before or 0) <= now:
+            o = batch[0]
+            with self._errors():
+                await self._client.xadd(
+                    keys.stream(o.queue, o.priority), {"h": _head(o.message), "b": o.message.body}
+                )
+            return
+        for start in range(0, len(batch), PUBLISH_CHUNK):
+            await self._publish_chunk(batch[start : start + PUBLISH_CHUNK], now)
+
+    async def _publish_chunk(self, batch: Sequence[Outgoing], now: float) -> None:
+        """One script call: atomic, and one command for redis-py (and hiredis) to pack."""
+        keys = self._keys
+        names: dict[str, int] = {}
+        args: list[Any] = ["publish"]
+        for o in batch:
+            if o.not_before is not None and o.not_before > now:
+                name = keys.delayed(o.queue)
+                member = [o.priority, 0, _head(o.message), o.message.body, os.urandom(8)]
+                packed = msgpack.packb(member, use_bin_type=False)
+                args += ["z", names.setdefault(name, len(names) + 1), int(o.not_before * 1000)]
+                args.append(packed)
+            else:
+                name = keys.stream(o.queue, o.priority)
+                args += ["x", names.setdefault(name, len(names) + 1), _head(o.message)]
+                args.append(o.message.body)
+        await self._run(list(names), args)
+
+    async def purge(self, queue: str) -> int:
+        return int(await self._run(self._keys.queue(queue)[1:], ["purge", GROUP]))
+
+    async def stats(self, queue: str) -> QueueStats:
+        ready, delayed, reserved = await self._run(self._keys.queue(queue)[1:], ["stats", GROUP])
+        return QueueStats(int(ready), int(delayed), int(reserved))
+
+    async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        letters: list[DeadLetter] = []
+        async for entry_id, fields in self._dead_entries():
+            letter = _dead_letter(entry_id, fields)
+            if queue is None or letter.queue == queue:
+                letters.append(letter)
+                if len(letters) >= limit:
+                    break
+        return letters
+
+    async def requeue_dead_letters(self, ids: Sequence[str]) -> int:
+        with self._errors():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for letter_id in ids:
+                    pipe.xrange(self._keys.dead, letter_id, letter_id)
+                found = await pipe.execute()
+        keys, args = [self._keys.dead], ["requeue"]
+        for letter_id, entries in zip(ids, found, strict=True):
+            if entries and b"h" in entries[0][1]:
+                fields = entries[0][1]
+                keys.append(self._keys.stream(fields[b"q"].decode(), int(fields[b"p"])))
+                args.append(letter_id)
+        if len(args) == 1:
+            return 0
+        return int(await self._run(keys, args))
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        dead = self._keys.dead
+        with self._errors():
+            if queue is None:
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.xlen(dead)
+                    pipe.delete(dead)
+                    count, _ = await pipe.execute()
+                return int(count)
+            wanted = queue.encode()
+            ids = [i async for i, fields in self._dead_entries() if fields.get(b"q") == wanted]
+            return int(await self._client.xdel(dead, *ids)) if ids else 0
+
+    async def _dead_letter_raw(self, queue: str, raw: bytes, reason: str) -> None:
+        fields = {"q": queue, "p": 0, "r": reason, "c": 0, "t": time.time(), "x": raw}
+        with self._errors():
+            await self._client.xadd(self._keys.dead, fields)  # type: ignore[arg-type]
+
+    async def _dead_entries(self) -> AsyncIterator[tuple[str, dict[bytes, bytes]]]:
+        """Every dead letter, oldest first, read a page at a time."""
+        start = "-"
+        while True:
+            with self._errors():
+                reply = await self._client.xrange(self._keys.dead, start, "+", count=DEAD_PAGE)
+            page = cast(list[tuple[bytes, dict[bytes, bytes]]], reply or [])
+            for entry_id, fields in page:
+                yield entry_id.decode(), fields
+            if len(page) < DEAD_PAGE:
+                return
+            start = "(" + page[-1][0].decode()
+
+    async def _run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one command of ``redis_broker.lua``."""
+        with self._errors():
+            return await self._script(keys=list(keys), args=list(args))
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn redis-py's exceptions into celeriac's, naming the URL (password hidden)."""
+        try:
+            yield
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+            raise BrokerUnavailable(
+                f"cannot reach the Redis broker at {redact_url(self.url)}: {exc}; {START_HINT}"
+            ) from exc
+        except redis_errors.RedisError as exc:
+            raise BrokerError(f"Redis broker {redact_url(self.url)}: {exc}") from exc
+
+
+def _dead_letter(entry_id: str, fields: dict[bytes, bytes]) -> DeadLetter:
+    queue = fields.get(b"q", b"").decode()
+    reason = fields.get(b"r", b"").decode()
+    count, dead_at = int(fields.get(b"c", 0)), float(fields.get(b"t", 0))
+    if b"h" not in fields:
+        raw = fields.get(b"x", b"")
+        return DeadLetter(entry_id, queue, None, raw, reason, count, dead_at)
+    message = _message(fields[b"h"], fields.get(b"b", b""))
+    return DeadLetter(
+        entry_id, queue, message, encode_envelope(message, queue), reason, count, dead_at
+    )

@@ -1,0 +1,140 @@
+"""Servers the tests need (Redis now; RabbitMQ and PostgreSQL later): find or skip.
+
+A test that needs a server calls :func:`require_server` (or a wrapper such as
+:func:`redis_url`). When the server is not listening it skips with the
+command that starts it; under CI (``CI=true``) it fails instead, so a CI job
+whose service did not come up cannot pass by skipping everything.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import uuid
+
+import pytest
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_TEST_DB = 15
+"""The database tests use, away from the default 0."""
+REDIS_START = (
+    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
+    "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log"
+)
+_TEST_PREFIX = f"celeriac-test-{os.getpid()}-"
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def require_server(name: str, host: str, port: int, start: str) -> None:
+    """Skip the calling test unless ``name`` listens on ``host:port``; under CI, fail."""
+    if reachable(host, port):
+        return
+    message = f"{name} not reachable at {host}:{port}; start it with: {start}"
+    if under_ci():
+        pytest.fail(f"{message} (CI=true: a missing server fails, never skips)", pytrace=False)
+    pytest.skip(message)
+
+
+def redis_url(*, prefixed: bool = True, db: int = REDIS_TEST_DB) -> str:
+    """The test Redis's URL (skips or fails as above), with a key prefix unique to the call.
+
+    Keys under the prefixes of this process are deleted when it exits.
+    """
+    require_server("Redis", REDIS_HOST, REDIS_PORT, REDIS_START)
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    if not prefixed:
+        return url
+    _cleanup.add(db)
+    return f"{url}?prefix={_TEST_PREFIX}{uuid.uuid4().hex[:12]}:"
+
+
+_cleanup: set[int] = set()
+
+
+@atexit.register
+def _delete_test_keys() -> None:
+    if not _cleanup or not reachable(REDIS_HOST, REDIS_PORT):
+        return
+    import redis
+
+    for db in _cleanup:
+        client = redis.Redis(REDIS_HOST, REDIS_PORT, db=db)
+        try:
+            keys = list(client.scan_iter(match=f"{_TEST_PREFIX}*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start : start + 1000])
+        except redis.RedisError:
+            pass
+        finally:
+            client.close()
+
+
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+RABBITMQ_START = "rabbitmq-server -detached && rabbitmqctl await_startup"
+RABBITMQ_TEST_PREFIX = f"celeriac-test-{os.getpid()}-"
+
+
+def rabbitmq_url(*, prefixed: bool = True, scheme: str = "amqp", query: str = "") -> str:
+    """The test RabbitMQ's URL (skips or fails as above), names prefixed uniquely per call.
+
+    Queues and exchanges under the prefixes of this process are deleted when it exits.
+    """
+    require_server("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT, RABBITMQ_START)
+    url = f"{scheme}://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"
+    params = [query] if query else []
+    if prefixed:
+        _rabbit_cleanup.append(True)
+        params.insert(0, f"prefix={RABBITMQ_TEST_PREFIX}{uuid.uuid4().hex[:12]}.")
+    return url + ("?" + "&".join(params) if params else "")
+
+
+_rabbit_cleanup: list[bool] = []
+
+
+@atexit.register
+def _delete_test_rabbitmq_names() -> None:
+    if not _rabbit_cleanup or not reachable(RABBITMQ_HOST, RABBITMQ_PORT):
+        return
+    import asyncio
+    import subprocess
+
+    listed: dict[str, list[str]] = {}
+    for kind in ("queues", "exchanges"):
+        try:
+            out = subprocess.run(
+                ["rabbitmqctl", "-q", f"list_{kind}", "name"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return
+        listed[kind] = [n for n in out.split() if n.startswith(RABBITMQ_TEST_PREFIX)]
+
+    async def delete() -> None:
+        import aio_pika
+
+        connection = await aio_pika.connect(f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/")
+        async with connection:
+            channel = await connection.channel()
+            for name in listed["queues"]:
+                await channel.queue_delete(name)
+            for name in listed["exchanges"]:
+                await channel.exchange_delete(name)
+
+    try:
+        asyncio.run(delete())
+    except Exception:  # cleanup is best effort: names are unique per run anyway
+        pass
