@@ -351,3 +351,23 @@ def test_a_worker_rides_out_a_restart() -> None:
             time.sleep(0.5)  # the worker's fetches fail meanwhile; it backs off
             _start_redis()
         assert double.delay(21).get(timeout=10) == 42
+
+
+def test_global_keyprefix_from_transport_options() -> None:
+    from celeriac import Celeriac
+
+    app = Celeriac(
+        "prefixed",
+        broker=redis_url(prefixed=False),
+        broker_transport_options={"global_keyprefix": "shop1:"},
+        set_as_current=False,
+    )
+
+    async def keys() -> str:
+        broker = await app.abroker()
+        return broker._keys.prefix  # type: ignore[attr-defined, no-any-return]
+
+    from celeriac._sync import run_sync
+
+    assert run_sync(keys).startswith("shop1:")
+    app.close()

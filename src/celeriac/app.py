@@ -169,6 +169,7 @@ class Celeriac:
         return BrokerOptions(
             lease_timeout=self.conf.broker_lease_timeout,
             max_deliveries=self.conf.broker_max_deliveries,
+            transport_options=dict(self.conf.broker_transport_options),
         )
 
     def backend_options(self) -> BackendOptions:

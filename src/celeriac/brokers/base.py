@@ -26,8 +26,8 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import Message, Outgoing
@@ -49,6 +49,8 @@ class BrokerOptions:
     """Longest time an ack waits to be sent with others."""
     poll_interval: float = 0.05
     """Longest wait between two looks at an idle queue, for brokers that poll."""
+    transport_options: Mapping[str, Any] = field(default_factory=dict)
+    """``broker_transport_options``: broker-specific knobs (e.g. Redis ``global_keyprefix``)."""
 
     @property
     def heartbeat_interval(self) -> float:

@@ -300,7 +300,8 @@ class RedisBroker(Broker):
         pool, prefix = open_pool(url)
         self._client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._script = self._client.register_script(SCRIPT)
-        self._keys = _Keys(prefix)
+        configured = str(self.options.transport_options.get("global_keyprefix") or "")
+        self._keys = _Keys(prefix or configured)
 
     def consumer(self, queues: Sequence[str], name: str) -> RedisConsumer:
         return RedisConsumer(self, queues, name)
