@@ -95,7 +95,8 @@ def main() -> None:
         print(f"| {system:<8} | {seconds:7.2f} | {args.tasks / seconds:7,.0f} |")
     if len(times) == 2:
         print(
-            f"\ncelery / celeriac time: {times['celery'] / times['celeriac']:.2f}x (>1: celeriac faster)"
+            f"\ncelery / celeriac time: {times['celery'] / times['celeriac']:.2f}x"
+            " (>1: celeriac faster)"
         )
 
 
