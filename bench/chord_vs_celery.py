@@ -14,6 +14,7 @@ chord in the result store and running the body.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import subprocess
@@ -41,19 +42,12 @@ def _flush() -> None:
 
 
 def _modules(system: str) -> Any:
-    if system == "celeriac":
-        from bench.apps import celeriac_chord as module
-    else:
-        from bench.apps import celery_chord as module
-    return module
+    return importlib.import_module(f"bench.apps.{system}_chord")
 
 
 def _chord(system: str, n: int) -> Any:
     module = _modules(system)
-    if system == "celeriac":
-        from celeriac import chord
-    else:
-        from celery import chord
+    chord: Any = importlib.import_module(system).chord
     return chord(module.noop.s() for _ in range(n))(module.count.s())
 
 
