@@ -1,7 +1,7 @@
 """The thin sync facade: run one coroutine to completion from sync code.
 
-A thread with no running event loop gets a private loop of its own (uvloop
-where available), reused for every call it makes: no thread hop, so a sync
+A thread with no running event loop gets a private loop of its own,
+reused for every call it makes: no thread hop, so a sync
 ``delay()`` costs little more than its broker round trip. A thread that is
 already running a loop (sync code called from async code) cannot block on
 its own loop, so its calls go to a shared portal thread instead.
@@ -39,7 +39,9 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def _thread_loop() -> asyncio.AbstractEventLoop:
     loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
     if loop is None or loop.is_closed():
-        loop = new_event_loop()
+        # asyncio's own loop: its run_until_complete costs ~6 us against uvloop's
+        # ~22 us, and a sync call is one short run (uvloop serves long-lived loops).
+        loop = asyncio.new_event_loop()
         _local.loop = loop
         with _loops_lock:
             _loops.append(loop)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import sys
 import threading
 import time
@@ -17,10 +18,9 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from . import states
 from ._sync import at_exit, run_on_every_loop, run_sync
 from .backends import backend_from_url
-from .backends.base import BackendOptions, ResultBackend, ResultMeta
+from .backends.base import BackendOptions, ResultBackend
 from .brokers import broker_from_url
 from .brokers.base import Broker, BrokerOptions
 from .canvas import Signature, as_signature_list, register_builtins
@@ -37,6 +37,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 __all__ = ["Celeriac", "Celery", "current_app", "shared_task"]
+
+logger = logging.getLogger("celeriac")
 
 _current: Celeriac | None = None
 _current_lock = threading.Lock()
@@ -338,31 +340,39 @@ class Celeriac:
         )
 
     async def asend_outgoing(self, batch: Sequence[Outgoing]) -> None:
-        """Record PENDING (so the id is known) and publish, in batches."""
-        if self.conf.result_store_pending:
-            await self._store_pending(batch)
-        broker = await self.abroker()
-        await broker.publish(batch)
+        """Publish, and record PENDING (so the id is known) at the same time.
 
-    async def _store_pending(self, batch: Sequence[Outgoing]) -> None:
+        The marker is set-if-absent, so it may land after a fast worker's
+        result without hiding it; both round trips overlap.
+        """
+        broker = await self.abroker()
+        if not self.conf.result_store_pending:
+            await broker.publish(batch)
+            return
+        backend = await self.abackend()
+        published, pending = await asyncio.gather(
+            broker.publish(batch), self._store_pending(backend, batch), return_exceptions=True
+        )
+        if isinstance(published, BaseException):
+            raise published
+        if isinstance(pending, BaseException):  # the tasks are sent: do not make callers resend
+            logger.warning("sent %d task(s) but could not record PENDING: %s", len(batch), pending)
+
+    async def _store_pending(self, backend: ResultBackend, batch: Sequence[Outgoing]) -> None:
         """PENDING markers, kept until ``result_expires`` after each task is due."""
         now = time.time()
-        due_now: list[tuple[ResultMeta, float | None]] = []
-        delayed: list[tuple[ResultMeta, float | None]] = []
+        due_now = []
+        expires = self.conf.result_expires
         for o in batch:
             if o.message.headers.get("ignore_result"):
                 continue
-            meta = ResultMeta(o.message.id, states.PENDING)
-            (delayed if o.not_before else due_now).append((meta, o.not_before))
-        if not due_now and not delayed:
-            return
-        backend = await self.abackend()
+            if o.not_before is None or expires is None:
+                due_now.append(o.message.id)
+            else:
+                keep = expires + o.not_before - now
+                await backend.store_pending([o.message.id], keep_for=keep)
         if due_now:
-            await backend.store_many([meta for meta, _ in due_now])
-        expires = self.conf.result_expires
-        for meta, not_before in delayed:
-            keep = None if expires is None or not_before is None else expires + not_before - now
-            await backend.store(meta, keep_for=keep)
+            await backend.store_pending(due_now)
 
     def send_many(self, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:
         """Send many task calls in one broker round trip."""

@@ -120,6 +120,18 @@ class ResultBackend(ABC):
         expires = keep_for if keep_for is not None else self.options.expires
         await self._set_many([(self.key_for(m.task_id), self._encode(m)) for m in metas], expires)
 
+    async def store_pending(
+        self, task_ids: Sequence[str], *, keep_for: float | None = None
+    ) -> None:
+        """Record PENDING for tasks being sent, never over a state already stored.
+
+        Set-if-absent, so the marker may be written at the same time as the
+        message is published: a worker that already stored SUCCESS keeps it.
+        """
+        expires = keep_for if keep_for is not None else self.options.expires
+        items = [(self.key_for(i), self._encode(ResultMeta(i, states.PENDING))) for i in task_ids]
+        await self._add_many(items, expires)
+
     def _encode(self, meta: ResultMeta) -> bytes:
         data, _, _ = self._codec.dumps(meta.to_dict(), self.options.serializer)
         return data
@@ -160,7 +172,7 @@ class ResultBackend(ABC):
 
     async def claim(self, name: str) -> bool:
         """True for exactly one caller per ``name`` until it expires (fire a chord body once)."""
-        return await self._claim(CLAIM_PREFIX + name, self.options.expires)
+        return await self._add(CLAIM_PREFIX + name, b"", self.options.expires)
 
     async def get(self, task_id: str) -> ResultMeta | None:
         """The stored meta, or None when the store has never seen the id."""
@@ -231,8 +243,13 @@ class ResultBackend(ABC):
         """Add ``member`` to the set at ``key`` (atomically); return the set's size."""
 
     @abstractmethod
-    async def _claim(self, key: str, expires: float | None) -> bool:
-        """Create ``key`` if absent (or expired); True only for the call that did."""
+    async def _add(self, key: str, value: bytes, expires: float | None) -> bool:
+        """Set ``key`` only if absent (or expired); True only for the call that did."""
+
+    async def _add_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+        """Several ``_add`` calls; stores override this to make it one round trip."""
+        for key, value in items:
+            await self._add(key, value, expires)
 
     def __repr__(self) -> str:
         from ..brokers.base import redact_url

@@ -158,7 +158,7 @@ class MemoryBackend(ResultBackend):
             store.members[key] = (members, expires_at)
             return len(members)
 
-    async def _claim(self, key: str, expires: float | None) -> bool:
+    async def _add(self, key: str, value: bytes, expires: float | None) -> bool:
         store = self._store
         now = time.monotonic()
         with store.lock:
@@ -166,7 +166,8 @@ class MemoryBackend(ResultBackend):
                 return False
             seq = next(_seq)
             expires_at = None if expires is None else now + expires
-            store.entries[key] = _Entry(b"", expires_at, seq)
+            store.entries[key] = _Entry(value, expires_at, seq)
+            store.wake(key)
             if expires_at is not None:
                 heapq.heappush(store.expiry, (expires_at, seq, key))
             return True

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import cast
@@ -283,9 +283,17 @@ class RedisBackend(ResultBackend):
                 if not future.done():
                     future.set_result(count)
 
-    async def _claim(self, key: str, expires: float | None) -> bool:
+    async def _add(self, key: str, value: bytes, expires: float | None) -> bool:
         with self._errors():
-            return bool(await self._client.set(self._prefix + key, b"", nx=True, px=_ms(expires)))
+            return bool(await self._client.set(self._prefix + key, value, nx=True, px=_ms(expires)))
+
+    async def _add_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+        """One pipelined round trip; no PUBLISH, since nobody waits for a PENDING marker."""
+        with self._errors():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value in items:
+                    pipe.set(self._prefix + key, value, nx=True, px=_ms(expires))
+                await pipe.execute()
 
     async def _wait_changed(self, key: str, timeout: float | None, poll: float) -> None:
         """Return once ``key`` is written (pub/sub), or by ``timeout``; ``poll`` is not used."""

@@ -105,8 +105,9 @@ _ADD_MEMBER = (
 )
 _COUNT_MEMBERS = f"SELECT COUNT(*) FROM {MEMBERS_TABLE} WHERE key = ? AND {_LIVE}"
 _SWEEP_MEMBERS = f"DELETE FROM {MEMBERS_TABLE} WHERE key = ? AND expires_at <= ?"
-_CLAIM = (
-    f"INSERT INTO {TABLE} (key, value, expires_at) VALUES (?, x'', ?) "
+_ADD = (
+    # set if absent or expired
+    f"INSERT INTO {TABLE} (key, value, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at "
     "WHERE expires_at IS NOT NULL AND expires_at <= ?"
 )
@@ -194,8 +195,15 @@ class SQLiteBackend(ResultBackend):
     async def _add_member(self, key: str, member: str, expires: float | None) -> int:
         return await self._run(_add_member, key, member, expires)
 
-    async def _claim(self, key: str, expires: float | None) -> bool:
-        return await self._run(_claim, key, expires)
+    async def _add(self, key: str, value: bytes, expires: float | None) -> bool:
+        added = await self._run(_add, key, value, expires)
+        self._wake(key)
+        return added
+
+    async def _add_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+        await self._run(_add_many, list(items), expires)
+        for key, _ in items:
+            self._wake(key)
 
     async def _set_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
         await self._run(_upsert_many, list(items), expires)
@@ -388,10 +396,20 @@ def _add_member(conn: sqlite3.Connection, key: str, member: str, expires: float 
         return int(conn.execute(_COUNT_MEMBERS, (key, now)).fetchone()[0])
 
 
-def _claim(conn: sqlite3.Connection, key: str, expires: float | None) -> bool:
+def _add(conn: sqlite3.Connection, key: str, value: bytes, expires: float | None) -> bool:
     now = time.time()
-    cursor = conn.execute(_CLAIM, (key, None if expires is None else now + expires, now))
+    cursor = conn.execute(_ADD, (key, value, None if expires is None else now + expires, now))
     return cursor.rowcount == 1
+
+
+def _add_many(
+    conn: sqlite3.Connection, items: list[tuple[str, bytes]], expires: float | None
+) -> None:
+    now = time.time()
+    expires_at = None if expires is None else now + expires
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(_ADD, [(key, value, expires_at, now) for key, value in items])
 
 
 def _upsert_many(
