@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -94,9 +95,8 @@ WORKERS: dict[str, list[str]] = {
         "WARNING",
     ],
 }
-for _name in WORKERS:
-    _extra = os.environ.get(f"BENCH_{_name.upper()}_WORKER", "").split()
-    WORKERS[_name] = [*WORKERS[_name], *_extra]
+for _name, _command in WORKERS.items():
+    _command.extend(os.environ.get(f"BENCH_{_name.upper()}_WORKER", "").split())
 TASKIQ_CHECK_INTERVAL = 0.001
 """``wait_result(check_interval=...)``: Taskiq polls its result store (default 0.2 s)."""
 
@@ -191,7 +191,7 @@ class DramatiqQueue(Queue):
             self.batch(min(BATCH, n - start))
 
     def batch(self, n: int) -> None:
-        self.group(self.noop.message() for _ in range(n)).run()
+        self.group(self.noop.message() for _ in range(n)).run()  # type: ignore[no-untyped-call]
 
     def round_trip(self) -> None:
         self.noop.send().get_result(block=True, timeout=60_000)
@@ -275,7 +275,7 @@ class Worker:
     """One worker of one system, in its own process group, its output in a log file."""
 
     def __init__(self, system: str, extra: list[str]) -> None:
-        self.log: IO[bytes] = tempfile.TemporaryFile(prefix=f"bench-{system}-worker-")
+        self.log: IO[bytes] = tempfile.TemporaryFile(prefix=f"bench-{system}-worker-")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
             [sys.executable, *WORKERS[system], *extra],
             cwd=REPO,
@@ -298,14 +298,10 @@ class Worker:
         try:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)  # leftover children, if any
-            except ProcessLookupError:
-                pass
             self.proc.wait(timeout=10)
         finally:
             self.log.close()

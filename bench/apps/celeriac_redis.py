@@ -6,9 +6,8 @@ setting is celeriac's default (results stored, PENDING stored at send).
 
 from __future__ import annotations
 
-from celeriac import Celeriac
-
 from bench.apps.redis_common import URL, incr_done
+from celeriac import Celeriac
 
 app = Celeriac("bench", broker=URL, backend=URL)
 

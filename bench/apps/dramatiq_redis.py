@@ -13,13 +13,13 @@ from dramatiq.results.backends.redis import RedisBackend
 
 from bench.apps.redis_common import URL, incr_done
 
-broker = RedisBroker(url=URL)
-backend = RedisBackend(url=URL)
-broker.add_middleware(Results(backend=backend))
+broker = RedisBroker(url=URL)  # type: ignore[no-untyped-call]
+backend = RedisBackend(url=URL)  # type: ignore[no-untyped-call]
+broker.add_middleware(Results(backend=backend))  # type: ignore[no-untyped-call]
 dramatiq.set_broker(broker)
 
 
-@dramatiq.actor(store_results=True)  # type: ignore[untyped-decorator]
+@dramatiq.actor(store_results=True)
 def noop() -> int:
     """Counts itself (``INCR``, as every system's task does) and returns 1."""
     incr_done()
