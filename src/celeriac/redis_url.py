@@ -17,6 +17,8 @@ opened, and says how to install it when it is missing.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -25,7 +27,7 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
 
-__all__ = ["START_HINT", "open_pool", "split_prefix"]
+__all__ = ["START_HINT", "driver_errors", "open_pool", "split_prefix"]
 
 START_HINT = (
     "start Redis, e.g.: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 "
@@ -84,3 +86,22 @@ def open_pool(url: str, *, blocking: bool = False, **overrides: Any) -> tuple[Co
         from .brokers.base import redact_url
 
         raise ConfigurationError(f"bad Redis URL {redact_url(url)}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def driver_errors(
+    what: str, url: str, unreachable: type[Exception], failed: type[Exception]
+) -> Iterator[None]:
+    """redis-py's exceptions as celeriac's, naming ``what`` and the URL (password hidden)."""
+    from redis import exceptions as redis_errors
+
+    from .brokers.base import redact_url
+
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+        raise unreachable(
+            f"cannot reach the {what} at {redact_url(url)}: {exc}; {START_HINT}"
+        ) from exc
+    except redis_errors.RedisError as exc:
+        raise failed(f"{what} {redact_url(url)}: {exc}") from exc

@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import cast
 
 from ..errors import BackendError, ConfigurationError
-from ..redis_url import START_HINT, open_pool
+from ..redis_url import driver_errors, open_pool
 from .base import BackendOptions, ResultBackend
 
 try:
@@ -65,12 +65,6 @@ _seen: ContextVar[tuple[str, bytes | None] | None] = ContextVar("celeriac_redis_
 """``(key, value)`` the current task last read: the wait compares against it."""
 _fresh: ContextVar[tuple[str, bytes] | None] = ContextVar("celeriac_redis_fresh", default=None)
 """``(key, value)`` a published message just delivered: the next read of the key uses it."""
-
-
-def _redacted(url: str) -> str:
-    from ..brokers.base import redact_url
-
-    return redact_url(url)
 
 
 @dataclass(slots=True, eq=False)
@@ -320,17 +314,9 @@ class RedisBackend(ResultBackend):
         finally:
             self._subscriptions.leave(channel, waiter)
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn redis-py's exceptions into BackendError, naming the URL (password hidden)."""
-        try:
-            yield
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-            raise BackendError(
-                f"cannot reach the Redis result store at {_redacted(self.url)}: {exc}; {START_HINT}"
-            ) from exc
-        except redis_errors.RedisError as exc:
-            raise BackendError(f"Redis result store {_redacted(self.url)}: {exc}") from exc
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        """redis-py's exceptions as BackendError, naming the URL (password hidden)."""
+        return driver_errors("Redis result store", self.url, BackendError, BackendError)
 
 
 def _ms(seconds: float | None) -> int | None:

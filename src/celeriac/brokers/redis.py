@@ -75,7 +75,7 @@ import importlib.resources
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import msgpack
@@ -83,12 +83,11 @@ import orjson
 
 from ..errors import BrokerError, BrokerUnavailable, ConfigurationError, SerializationError
 from ..protocol import Message, Outgoing, encode_envelope
-from ..redis_url import START_HINT, open_pool
+from ..redis_url import driver_errors, open_pool
 from .base import Broker, BrokerOptions, Consumer, DeadLetter, Delivery, QueueStats, redact_url
 
 try:
     import redis.asyncio as aioredis
-    from redis import exceptions as redis_errors
 except ImportError as exc:  # the driver is an optional extra
     raise ConfigurationError(
         "the Redis broker needs the redis driver: pip install 'celeriac[redis]'"
@@ -419,17 +418,9 @@ class RedisBroker(Broker):
         with self._errors():
             return await self._script(keys=list(keys), args=list(args))
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn redis-py's exceptions into celeriac's, naming the URL (password hidden)."""
-        try:
-            yield
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-            raise BrokerUnavailable(
-                f"cannot reach the Redis broker at {redact_url(self.url)}: {exc}; {START_HINT}"
-            ) from exc
-        except redis_errors.RedisError as exc:
-            raise BrokerError(f"Redis broker {redact_url(self.url)}: {exc}") from exc
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        """redis-py's exceptions as celeriac's, naming the URL (password hidden)."""
+        return driver_errors("Redis broker", self.url, BrokerUnavailable, BrokerError)
 
 
 def _dead_letter(entry_id: str, fields: dict[bytes, bytes]) -> DeadLetter:
