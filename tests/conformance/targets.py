@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..services import redis_url
+from ..services import rabbitmq_url, redis_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +41,28 @@ def _redis_url(tmp_path: Path) -> str:
     return redis_url()
 
 
+def _amqp_url(tmp_path: Path) -> str:
+    """RabbitMQ, names prefixed for this test alone; skips (fails under CI) without it."""
+    return rabbitmq_url()
+
+
+def _rpc_url(tmp_path: Path) -> str:
+    """RabbitMQ reply queues, results kept per URL; skips (fails under CI) without RabbitMQ."""
+    return rabbitmq_url(scheme="rpc")
+
+
 BROKERS: list[Target] = [
     Target("memory", _memory_url, peer="thread"),
     Target("sqlite", _sqlite_url, peer="process"),
     Target("redis", _redis_url, peer="process"),
+    Target("amqp", _amqp_url, peer="process"),
 ]
 
 STORES: list[Target] = [
     Target("memory", _memory_url, peer="thread"),
     Target("sqlite", _sqlite_url, peer="process"),
     Target("redis", _redis_url, peer="process"),
+    # rpc:// replies reach clients connected when the result is stored; a process
+    # that connects later cannot get() it, as in Celery: peers are threads only.
+    Target("rpc", _rpc_url, peer="thread"),
 ]

@@ -26,11 +26,20 @@ def _redis() -> type[ResultBackend]:
     return RedisBackend
 
 
+def _rpc() -> type[ResultBackend]:
+    from .rpc import RpcBackend
+
+    return RpcBackend
+
+
 SCHEMES: dict[str, Callable[[], type[ResultBackend]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
     "rediss": _redis,
+    "rpc": _rpc,
+    "amqp": _rpc,  # a RabbitMQ URL as result store: replies over it, as rpc://
+    "amqps": _rpc,
 }
 
 

@@ -26,11 +26,19 @@ def _redis() -> type[Broker]:
     return RedisBroker
 
 
+def _amqp() -> type[Broker]:
+    from .amqp import AmqpBroker
+
+    return AmqpBroker
+
+
 SCHEMES: dict[str, Callable[[], type[Broker]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
     "rediss": _redis,
+    "amqp": _amqp,
+    "amqps": _amqp,
 }
 
 

@@ -40,12 +40,17 @@ class Chords(Middleware):
         self, ctx: WorkerContext, job: Job, body: Signature[Any], group_id: str
     ) -> None:
         backend = await ctx.app.abackend()
-        size = int(body.get("chord_size") or 0)
-        if await backend.mark_done(group_id, job.id) < size:
+        done = await backend.mark_done(group_id, job.id)
+        size = body.get("chord_size")
+        ids: list[str] | None = None
+        if not size:  # a Celery 5 client sends no chord_size: the saved group has the members
+            ids = await backend.restore_group(group_id)
+            size = len(ids) if ids else 0
+        if not size or done < int(size):
             return
         if not await backend.claim(f"chord-{group_id}"):
             return
-        ids = await backend.restore_group(group_id)
+        ids = ids if ids is not None else await backend.restore_group(group_id)
         if ids is None:
             await self._fail_body(
                 ctx, body, ChordError(f"chord {group_id}: its group was not saved")
