@@ -159,3 +159,18 @@ def test_worker_fixture(celeriac_app: Celeriac, celeriac_worker: object) -> None
         return x + y
 
     assert add.delay(2, 3).get(timeout=5) == 5
+
+
+def test_an_all_async_app_gets_async_slots_per_child(app: Celeriac) -> None:
+    from celeriac.worker.config import choose_config
+
+    @app.task
+    async def fetch(url: str) -> str:
+        return url
+
+    for name in set(app.user_tasks) - {fetch.name}:  # shared tasks of other tests
+        del app.tasks[name]
+    app.conf.broker_url = "sqlite:////tmp/unused.db"
+    config = choose_config(app, concurrency=2)
+    assert "celery.map" in app.tasks and "celery.map" not in app.user_tasks
+    assert (config.processes, config.slots_per_process) == (2, app.conf.worker_async_concurrency)

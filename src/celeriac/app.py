@@ -128,6 +128,7 @@ class Celeriac:
         ] = weakref.WeakKeyDictionary()
         self._codec: Codec | None = None
         register_builtins(self)
+        self._builtins = frozenset(self.tasks)
         for fn, options in _shared_tasks:
             self._register(fn, options)
         if set_as_current:
@@ -230,6 +231,11 @@ class Celeriac:
             spec = getattr(sys.modules.get("__main__"), "__spec__", None)
             module = spec.name if spec is not None and spec.name != "__main__" else self.main
         return f"{module}.{fn.__qualname__}"
+
+    @property
+    def user_tasks(self) -> dict[str, Task[Any, Any]]:
+        """The registered tasks, without the built-in ones (``celery.map``, ...)."""
+        return {name: t for name, t in self.tasks.items() if name not in self._builtins}
 
     def register_task(self, task: Task[Any, Any]) -> Task[Any, Any]:
         self.tasks[task.name] = task

@@ -170,7 +170,7 @@ def worker(
 
 
 def banner(app: Celeriac, config: Any) -> str:
-    tasks = sorted(n for n in app.tasks if not n.startswith("celeriac."))
+    tasks = sorted(app.user_tasks)
     lines = [
         f"celeriac {__version__} worker {config.hostname}",
         f"  app:         {app.main}",

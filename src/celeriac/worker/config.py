@@ -60,7 +60,7 @@ def choose_config(
         )
     cores = os.cpu_count() or 1
     wanted = concurrency or conf.worker_concurrency
-    user_tasks = [t for name, t in app.tasks.items() if not name.startswith("celeriac.")]
+    user_tasks = list(app.user_tasks.values())
     all_async = bool(user_tasks) and all(t.is_async for t in user_tasks)
     if pool == "process":
         processes, slots = wanted or cores, (conf.worker_async_concurrency if all_async else 1)
