@@ -356,8 +356,11 @@ class Celeriac:
             await broker.publish(batch)
             return
         backend = await self.abackend()
-        published, pending = await asyncio.gather(
-            broker.publish(batch), self._store_pending(backend, batch), return_exceptions=True
+        # The marker first: a store that answers at once (SQLite on the loop)
+        # is done before the publish takes the write lock; a networked one
+        # overlaps its round trip with the publish's.
+        pending, published = await asyncio.gather(
+            self._store_pending(backend, batch), broker.publish(batch), return_exceptions=True
         )
         if isinstance(published, BaseException):
             raise published
