@@ -445,25 +445,9 @@ class SQLiteConsumer(Consumer):
         while True:
             look = first or (lambda db: self._look(db, limit))
             first = None
-            taken = self._take_here(look)
-            if taken is not None:
-                if taken:
-                    return [Delivery(_message(r[3:]), r[1], r[2] + 1, r[0]) for r in taken]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                await self._broker._nap(
-                    min(backoff, remaining, max(self._next_visible - time.time(), 0.0))
-                )
-                backoff = min(backoff * 2, self.options.poll_interval)
-                continue
-            job = self._conn.submit(look)
-            try:
-                rows = await asyncio.shield(job)
-            except asyncio.CancelledError:
-                # The rows may be leased already: hand them back before giving up.
-                await self._release_rows(await job)
-                raise
+            rows = self._take_here(look)
+            if rows is None:  # the lock is taken: wait for it on the connection's thread
+                rows = await self._take_on_thread(look)
             if rows:
                 return [Delivery(_message(r[3:]), r[1], r[2] + 1, r[0]) for r in rows]
             remaining = deadline - time.monotonic()
@@ -473,6 +457,15 @@ class SQLiteConsumer(Consumer):
                 min(backoff, remaining, max(self._next_visible - time.time(), 0.0))
             )
             backoff = min(backoff * 2, self.options.poll_interval)
+
+    async def _take_on_thread(self, look: Callable[[sqlite3.Connection], list[Row]]) -> list[Row]:
+        job = self._conn.submit(look)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The rows may be leased already: hand them back before giving up.
+            await self._release_rows(await job)
+            raise
 
     def _take_here(self, look: Callable[[sqlite3.Connection], list[Row]]) -> list[Row] | None:
         """Run ``look`` right here on the loop, or None if another writer holds the lock.
