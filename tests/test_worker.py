@@ -420,3 +420,18 @@ def test_priority_order_on_one_slot(app: Celeriac) -> None:
     with worker_thread(app, concurrency=1):
         mark.apply_async((-1,), priority=0).get(timeout=5)
     assert order == [9, 5, 3, 0, -1]
+
+
+def test_secrets_never_reach_the_logs(app: Celeriac, caplog: pytest.LogCaptureFixture) -> None:
+    @app.task(redact_kwargs=("card",))
+    def charge(order: int, card: str) -> None:
+        raise ValueError("declined")
+
+    with caplog.at_level("INFO", logger="celeriac"), worker_thread(app):
+        result = charge.delay(7, card="4111-1111-1111-1111")
+        with pytest.raises(ValueError, match="declined"):
+            result.get(timeout=5)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"[{result.id}] FAILURE" in logged
+    assert "'card': '***'" in logged
+    assert "4111" not in logged
