@@ -23,7 +23,7 @@ import orjson
 
 from .errors import ConfigurationError, ContentDisallowed, SerializationError
 
-__all__ = ["Serializer", "SERIALIZERS", "Codec", "dumps", "loads", "resolve_name"]
+__all__ = ["SERIALIZERS", "Codec", "Serializer", "resolve_name"]
 
 _TAG = "__type__"
 _VALUE = "__value__"
@@ -230,11 +230,3 @@ class Codec:
             return s.loads(data)
         except Exception as exc:
             raise SerializationError(f"cannot decode {content_type} payload: {exc}") from exc
-
-
-def dumps(obj: Any, serializer: str = "json") -> bytes:
-    return resolve_name(serializer).dumps(obj)
-
-
-def loads(data: bytes | str, serializer: str = "json") -> Any:
-    return resolve_name(serializer).loads(data)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import states
 from ..errors import BackendError, TimeoutError
-from ..serialization import Codec
+from ..serialization import Codec, resolve_name
 
 __all__ = ["BackendOptions", "ResultBackend", "ResultMeta", "TASK_KEY_PREFIX"]
 
@@ -99,6 +99,7 @@ class ResultBackend(ABC):
         self.url = url
         self.options = options or BackendOptions()
         self._codec = Codec(self.options.accept_content)
+        self._content_type = resolve_name(self.options.serializer).content_type
 
     @staticmethod
     def key_for(task_id: str) -> str:
@@ -148,7 +149,7 @@ class ResultBackend(ABC):
         if raw is None:
             return None
         try:
-            layout = self._codec.loads(raw, _content_type_of(self.options.serializer))
+            layout = self._codec.loads(raw, self._content_type)
             return [str(member[0][0]) for member in layout["result"][1]]
         except (KeyError, IndexError, TypeError) as exc:
             raise BackendError(f"saved group {group_id} is malformed: {exc}") from exc
@@ -179,9 +180,8 @@ class ResultBackend(ABC):
         raw = await self._get(self.key_for(task_id))
         if raw is None:
             return None
-        content_type = _content_type_of(self.options.serializer)
         try:
-            data = self._codec.loads(raw, content_type)
+            data = self._codec.loads(raw, self._content_type)
             return ResultMeta.from_dict(data)
         except (KeyError, TypeError) as exc:
             raise BackendError(f"stored result of {task_id} is malformed: {exc}") from exc
@@ -255,9 +255,3 @@ class ResultBackend(ABC):
         from ..brokers.base import redact_url
 
         return f"<{type(self).__name__} {redact_url(self.url)}>"
-
-
-def _content_type_of(serializer: str) -> str:
-    from ..serialization import resolve_name
-
-    return resolve_name(serializer).content_type

@@ -18,7 +18,7 @@ from .._sync import run_sync
 
 if TYPE_CHECKING:
     from ..app import Celeriac
-    from ..result import AsyncResult, GroupResult
+    from ..result import AsyncResult
 
 R = TypeVar("R")
 
@@ -226,10 +226,6 @@ class Signature(dict[str, Any], Generic[R]):
     def is_plain(self) -> bool:
         """A single task call (not a chain, group, chord or map)."""
         return type(self).subtask_type is None
-
-    def results_of(self) -> AsyncResult[Any] | GroupResult:
-        """The result a frozen signature will produce."""
-        return self.freeze()
 
     def __repr__(self) -> str:
         shown = [

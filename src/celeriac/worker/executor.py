@@ -51,8 +51,6 @@ class _Running:
 class Executor:
     def __init__(self, threads: int):
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="celeriac-task")
-        self.hard_timeouts = 0
-        """Jobs stopped at their hard limit (their threads may still run)."""
 
     async def run(self, job: Job, on_deadline: Callable[[float], None] | None = None) -> Outcome:
         """Run the job; ``on_deadline(t)`` is told the wall-clock hard deadline first."""
@@ -91,7 +89,6 @@ class Executor:
                 return await asyncio.wait_for(asyncio.shield(future), job.hard_limit)
             except TimeoutError:
                 state.raise_in_thread(TimeLimitExceeded)
-                self.hard_timeouts += 1
                 return _hard_timeout(job)
         finally:
             if soft is not None:
