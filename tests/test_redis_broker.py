@@ -221,7 +221,7 @@ def test_tls_url_options_reach_redis_py() -> None:
     )
     from redis.asyncio.connection import SSLConnection
 
-    assert pool.connection_class is SSLConnection
+    assert issubclass(pool.connection_class, SSLConnection)
     kwargs: dict[str, Any] = pool.connection_kwargs
     assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("cache.example", 6380, 3)
     assert (kwargs["ssl_cert_reqs"], kwargs["ssl_ca_certs"]) == ("none", "/etc/ca.pem")
@@ -371,3 +371,21 @@ def test_global_keyprefix_from_transport_options() -> None:
 
     assert run_sync(keys).startswith("shop1:")
     app.close()
+
+
+def test_commands_are_packed_as_redis_py_packs_them() -> None:
+    """Connections pack with hiredis; the bytes must equal redis-py's own packing."""
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    pool, _ = open_pool("redis://127.0.0.1:6379/0")
+    fast, plain = pool.connection_class(), Connection()
+    for command in [
+        ("SET", "k", b"\x00v", "NX", "PX", 600_000),
+        ("CLIENT SETNAME", "n"),
+        (b"ZADD", "z", 1.5, "m", -3, "é"),
+        ("XADD", "s", "*", "h", memoryview(b"head"), "b", bytearray(b"[]")),
+    ]:
+        assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))
+    with pytest.raises(DataError):
+        fast.pack_command("SET", "k", None)

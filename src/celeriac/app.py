@@ -346,42 +346,49 @@ class Celeriac:
         )
 
     async def asend_outgoing(self, batch: Sequence[Outgoing]) -> None:
-        """Publish, and record PENDING (so the id is known) at the same time.
+        """Publish, and record PENDING (so the id is known) with it.
 
-        The marker is set-if-absent, so it may land after a fast worker's
-        result without hiding it; both round trips overlap.
+        When broker and result store share a database (the default SQLite
+        file, or one Redis database), the markers go with the messages in one
+        transaction or round trip. Otherwise both writes overlap; the marker is
+        set-if-absent, so it may land after a fast worker's result without
+        hiding it.
         """
         broker = await self.abroker()
-        if not self.conf.result_store_pending:
+        pending = self._pending(batch) if self.conf.result_store_pending else []
+        if not pending:
             await broker.publish(batch)
             return
         backend = await self.abackend()
+        if broker.storage is not None and broker.storage == backend.storage:
+            await broker.publish(batch, writes=backend.pending_writes(pending))
+            return
         # The marker first: a store that answers at once (SQLite on the loop)
         # is done before the publish takes the write lock; a networked one
         # overlaps its round trip with the publish's.
-        pending, published = await asyncio.gather(
-            self._store_pending(backend, batch), broker.publish(batch), return_exceptions=True
+        stored, published = await asyncio.gather(
+            backend.store_pending(pending), broker.publish(batch), return_exceptions=True
         )
         if isinstance(published, BaseException):
             raise published
-        if isinstance(pending, BaseException):  # the tasks are sent: do not make callers resend
-            logger.warning("sent %d task(s) but could not record PENDING: %s", len(batch), pending)
+        if isinstance(stored, BaseException):  # the tasks are sent: do not make callers resend
+            logger.warning("sent %d task(s) but could not record PENDING: %s", len(batch), stored)
 
-    async def _store_pending(self, backend: ResultBackend, batch: Sequence[Outgoing]) -> None:
-        """PENDING markers, kept until ``result_expires`` after each task is due."""
-        now = time.time()
-        due_now = []
+    def _pending(self, batch: Sequence[Outgoing]) -> list[tuple[str, float | None]]:
+        """(task id, seconds to keep its PENDING marker) for the tasks that store results.
+
+        A delayed task's marker is kept until ``result_expires`` after it is due.
+        """
         expires = self.conf.result_expires
-        for o in batch:
-            if o.message.headers.get("ignore_result"):
-                continue
-            if o.not_before is None or expires is None:
-                due_now.append(o.message.id)
-            else:
-                keep = expires + o.not_before - now
-                await backend.store_pending([o.message.id], keep_for=keep)
-        if due_now:
-            await backend.store_pending(due_now)
+        now = time.time()
+        return [
+            (
+                o.message.id,
+                None if o.not_before is None or expires is None else expires + o.not_before - now,
+            )
+            for o in batch
+            if not o.message.headers.get("ignore_result")
+        ]
 
     def send_many(self, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:
         """Send many task calls in one broker round trip."""

@@ -27,7 +27,7 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
 
-__all__ = ["START_HINT", "driver_errors", "open_pool", "split_prefix"]
+__all__ = ["START_HINT", "driver_errors", "open_pool", "split_prefix", "storage_name"]
 
 START_HINT = (
     "start Redis, e.g.: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 "
@@ -80,12 +80,51 @@ def open_pool(url: str, *, blocking: bool = False, **overrides: Any) -> tuple[Co
     try:
         if blocking:
             kwargs.setdefault("max_connections", 64)
-            return BlockingConnectionPool.from_url(plain, **kwargs), prefix
-        return Pool.from_url(plain, **kwargs), prefix
+            pool: ConnectionPool = BlockingConnectionPool.from_url(plain, **kwargs)
+        else:
+            pool = Pool.from_url(plain, **kwargs)
     except ValueError as exc:
         from .brokers.base import redact_url
 
         raise ConfigurationError(f"bad Redis URL {redact_url(url)}: {exc}") from exc
+    pool.connection_class = _hiredis_packing(pool.connection_class)
+    return pool, prefix
+
+
+def _hiredis_packing(connection_class: type[Any]) -> type[Any]:
+    """``connection_class`` packing commands with hiredis, where hiredis is installed.
+
+    redis-py's sync connections pack with hiredis, its asyncio ones in Python:
+    about 40 µs for a publish of one task, a quarter of a ``delay()``.
+    """
+    try:
+        import hiredis
+    except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+        return connection_class
+    from redis.exceptions import DataError
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        name = args[0]
+        if isinstance(name, str):
+            args = (*name.encode().split(), *args[1:])
+        elif b" " in name:
+            args = (*name.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            args = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:  # None, bool, ...: redis-py's error for them
+            raise DataError(f"invalid argument in Redis command {args[0]!r}: {exc}") from exc
+
+    return type(connection_class.__name__, (connection_class,), {"pack_command": pack_command})
+
+
+def storage_name(pool: ConnectionPool) -> str:
+    """The database a pool's connections reach (``celeriac.shared_storage``): server and db."""
+    kwargs = pool.connection_kwargs
+    return f"redis:{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
 
 
 @contextlib.contextmanager

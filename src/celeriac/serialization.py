@@ -90,14 +90,21 @@ def _untag(obj: Any) -> Any:
     return obj
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None), bytes})
+
+
 def _has_uuid(obj: Any) -> bool:
+    """Whether a UUID hides in ``obj``; plain loops, as this runs on every message."""
+    kind = type(obj)
+    if kind in _PLAIN:
+        return False
     if isinstance(obj, uuid.UUID):
         return True
-    if isinstance(obj, list | tuple):
-        return any(_has_uuid(v) for v in obj)
     if isinstance(obj, dict):
-        return any(_has_uuid(v) for v in obj.values())
-    return False
+        obj = obj.values()
+    elif not isinstance(obj, list | tuple):
+        return False
+    return any(type(value) not in _PLAIN and _has_uuid(value) for value in obj)
 
 
 def _tag_uuids(obj: Any) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 from .. import states
 from ..errors import BackendError, TimeoutError
 from ..serialization import Codec, resolve_name
+from ..shared_storage import StorageWrite
 
 __all__ = ["BackendOptions", "ResultBackend", "ResultMeta", "TASK_KEY_PREFIX"]
 
@@ -95,6 +96,10 @@ class ResultBackend(ABC):
 
     scheme: str = ""
 
+    storage: str | None = None
+    """The database this store writes to, named so that a broker in the same one can
+    make its writes (see ``celeriac.shared_storage``); None: no broker can."""
+
     def __init__(self, url: str, options: BackendOptions | None = None):
         self.url = url
         self.options = options or BackendOptions()
@@ -121,17 +126,35 @@ class ResultBackend(ABC):
         expires = keep_for if keep_for is not None else self.options.expires
         await self._set_many([(self.key_for(m.task_id), self._encode(m)) for m in metas], expires)
 
-    async def store_pending(
-        self, task_ids: Sequence[str], *, keep_for: float | None = None
-    ) -> None:
+    async def store_pending(self, pending: Sequence[tuple[str, float | None]]) -> None:
         """Record PENDING for tasks being sent, never over a state already stored.
 
-        Set-if-absent, so the marker may be written at the same time as the
-        message is published: a worker that already stored SUCCESS keeps it.
+        ``pending`` holds ``(task_id, keep_for)`` pairs; a ``keep_for`` of None
+        means ``result_expires``. Set-if-absent, so the marker may be written
+        at the same time as the message is published: a worker that already
+        stored SUCCESS keeps it.
         """
-        expires = keep_for if keep_for is not None else self.options.expires
-        items = [(self.key_for(i), self._encode(ResultMeta(i, states.PENDING))) for i in task_ids]
-        await self._add_many(items, expires)
+        await self._add_many(self._pending_items(pending))
+
+    def pending_writes(self, pending: Sequence[tuple[str, float | None]]) -> list[StorageWrite]:
+        """``store_pending`` as writes for a broker on the same ``storage`` to make.
+
+        Only called when ``storage`` is not None.
+        """
+        return self._add_writes(self._pending_items(pending))
+
+    def _pending_items(
+        self, pending: Sequence[tuple[str, float | None]]
+    ) -> list[tuple[str, bytes, float | None]]:
+        default = self.options.expires
+        return [
+            (
+                self.key_for(task_id),
+                self._encode(ResultMeta(task_id, states.PENDING)),
+                default if keep_for is None else keep_for,
+            )
+            for task_id, keep_for in pending
+        ]
 
     def _encode(self, meta: ResultMeta) -> bytes:
         data, _, _ = self._codec.dumps(meta.to_dict(), self.options.serializer)
@@ -246,10 +269,14 @@ class ResultBackend(ABC):
     async def _add(self, key: str, value: bytes, expires: float | None) -> bool:
         """Set ``key`` only if absent (or expired); True only for the call that did."""
 
-    async def _add_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
-        """Several ``_add`` calls; stores override this to make it one round trip."""
-        for key, value in items:
+    async def _add_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
+        """Several ``_add`` calls (key, value, expiry); stores make it one round trip."""
+        for key, value, expires in items:
             await self._add(key, value, expires)
+
+    def _add_writes(self, items: Sequence[tuple[str, bytes, float | None]]) -> list[StorageWrite]:
+        """``_add_many`` as writes in the storage's terms; stores with a ``storage`` supply it."""
+        raise NotImplementedError(f"{type(self).__name__} has no storage a broker can share")
 
     def __repr__(self) -> str:
         from ..brokers.base import redact_url

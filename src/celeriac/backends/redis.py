@@ -41,10 +41,11 @@ import contextlib
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from ..errors import BackendError, ConfigurationError
-from ..redis_url import driver_errors, open_pool
+from ..redis_url import driver_errors, open_pool, storage_name
+from ..shared_storage import StorageWrite
 from .base import BackendOptions, ResultBackend
 
 try:
@@ -204,6 +205,7 @@ class RedisBackend(ResultBackend):
     def __init__(self, url: str, options: BackendOptions | None = None):
         super().__init__(url, options)
         self._pool, self._prefix = open_pool(url, blocking=True)
+        self.storage = storage_name(self._pool)
         self._client: aioredis.Redis = aioredis.Redis(connection_pool=self._pool)
         self._subscriptions = _Subscriptions(self)
         self._members: list[tuple[str, str, int | None, asyncio.Future[int]]] = []
@@ -281,13 +283,23 @@ class RedisBackend(ResultBackend):
         with self._errors():
             return bool(await self._client.set(self._prefix + key, value, nx=True, px=_ms(expires)))
 
-    async def _add_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+    async def _add_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
         """One pipelined round trip; no PUBLISH, since nobody waits for a PENDING marker."""
         with self._errors():
             async with self._client.pipeline(transaction=False) as pipe:
-                for key, value in items:
-                    pipe.set(self._prefix + key, value, nx=True, px=_ms(expires))
+                for write in self._add_writes(items):
+                    pipe.execute_command(write.statement, *write.args)
                 await pipe.execute()
+
+    def _add_writes(self, items: Sequence[tuple[str, bytes, float | None]]) -> list[StorageWrite]:
+        writes = []
+        for key, value, expires in items:
+            ms = _ms(expires)
+            args: list[Any] = [self._prefix + key, value, "NX"]
+            if ms is not None:
+                args += ["PX", ms]
+            writes.append(StorageWrite("SET", args))
+        return writes
 
     async def _wait_changed(self, key: str, timeout: float | None, poll: float) -> None:
         """Return once ``key`` is written (pub/sub), or by ``timeout``; ``poll`` is not used."""

@@ -64,9 +64,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 from ..errors import BackendError
+from ..shared_storage import StorageWrite
 from ..sqlite_url import parse_sqlite_url
 from .base import BackendOptions, ResultBackend
 
@@ -141,6 +142,7 @@ class SQLiteBackend(ResultBackend):
     def __init__(self, url: str, options: BackendOptions | None = None):
         super().__init__(url, options)
         self._path, _ = parse_sqlite_url(url)
+        self.storage = f"sqlite:{self._path}"
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._fast: sqlite3.Connection | None = None
@@ -200,10 +202,13 @@ class SQLiteBackend(ResultBackend):
         self._wake(key)
         return added
 
-    async def _add_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
-        await self._run(_add_many, list(items), expires)
-        for key, _ in items:
+    async def _add_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
+        await self._run(_add_many, _add_rows(items))
+        for key, *_ in items:
             self._wake(key)
+
+    def _add_writes(self, items: Sequence[tuple[str, bytes, float | None]]) -> list[StorageWrite]:
+        return [StorageWrite(_ADD, _add_rows(items))]
 
     async def _set_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
         await self._run(_upsert_many, list(items), expires)
@@ -402,14 +407,19 @@ def _add(conn: sqlite3.Connection, key: str, value: bytes, expires: float | None
     return cursor.rowcount == 1
 
 
-def _add_many(
-    conn: sqlite3.Connection, items: list[tuple[str, bytes]], expires: float | None
-) -> None:
+def _add_rows(items: Sequence[tuple[str, bytes, float | None]]) -> list[tuple[Any, ...]]:
+    """Parameters of ``_ADD`` for (key, value, seconds to keep) items."""
     now = time.time()
-    expires_at = None if expires is None else now + expires
+    return [
+        (key, value, None if expires is None else now + expires, now)
+        for key, value, expires in items
+    ]
+
+
+def _add_many(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     with conn:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(_ADD, [(key, value, expires_at, now) for key, value in items])
+        conn.executemany(_ADD, rows)
 
 
 def _upsert_many(

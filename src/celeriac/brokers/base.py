@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import Message, Outgoing
+from ..shared_storage import StorageWrite
 
 logger = logging.getLogger("celeriac.broker")
 
@@ -106,17 +107,36 @@ class Broker(ABC):
         self.url = url
         self.options = options or BrokerOptions()
 
-    async def publish(self, batch: Sequence[Outgoing]) -> None:
-        """Store every message of ``batch``; returns once they are durable."""
-        if batch:
-            await self._publish(
-                [
-                    o
-                    if 0 <= o.priority <= 9
-                    else Outgoing(o.queue, o.message, clamp_priority(o.priority), o.not_before)
-                    for o in batch
-                ]
-            )
+    storage: str | None = None
+    """The database the messages live in, when a result store in the same one can
+    hand its writes to ``publish`` (see ``celeriac.shared_storage``); None: none can."""
+
+    async def publish(
+        self, batch: Sequence[Outgoing], *, writes: Sequence[StorageWrite] = ()
+    ) -> None:
+        """Store every message of ``batch``; returns once they are durable.
+
+        ``writes`` (only for a broker with a ``storage``) are made with the
+        messages, in the same transaction or round trip.
+        """
+        if not batch:
+            return
+        clamped = [
+            o
+            if 0 <= o.priority <= 9
+            else Outgoing(o.queue, o.message, clamp_priority(o.priority), o.not_before)
+            for o in batch
+        ]
+        if writes:
+            await self._publish_with(clamped, writes)
+        else:
+            await self._publish(clamped)
+
+    async def _publish_with(
+        self, batch: Sequence[Outgoing], writes: Sequence[StorageWrite]
+    ) -> None:
+        """``_publish`` plus ``writes``; brokers with a ``storage`` supply it."""
+        raise NotImplementedError(f"{type(self).__name__} shares no storage with a result store")
 
     @abstractmethod
     def consumer(self, queues: Sequence[str], name: str) -> Consumer:

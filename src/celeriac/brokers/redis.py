@@ -83,7 +83,8 @@ import orjson
 
 from ..errors import BrokerError, BrokerUnavailable, ConfigurationError, SerializationError
 from ..protocol import Message, Outgoing, encode_envelope
-from ..redis_url import driver_errors, open_pool
+from ..redis_url import driver_errors, open_pool, storage_name
+from ..shared_storage import StorageWrite
 from .base import Broker, BrokerOptions, Consumer, DeadLetter, Delivery, QueueStats, redact_url
 
 try:
@@ -297,6 +298,7 @@ class RedisBroker(Broker):
     def __init__(self, url: str, options: BrokerOptions | None = None):
         super().__init__(url, options)
         pool, prefix = open_pool(url)
+        self.storage = storage_name(pool)
         self._client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._script = self._client.register_script(SCRIPT)
         configured = str(self.options.transport_options.get("global_keyprefix") or "")
@@ -319,35 +321,32 @@ class RedisBroker(Broker):
         await self._client.aclose(close_connection_pool=True)
 
     async def _publish(self, batch: Sequence[Outgoing]) -> None:
+        await self._publish_with(batch, ())
+
+    async def _publish_with(
+        self, batch: Sequence[Outgoing], writes: Sequence[StorageWrite]
+    ) -> None:
+        """One script call per chunk: atomic, one round trip, and one command
+        for redis-py (and hiredis) to pack; ``writes`` go first, with the first chunk."""
         now = time.time()
         keys = self._keys
-        if len(batch) == 1 and (batch[0].not_before or 0) <= now:
-            o = batch[0]
-            with self._errors():
-                await self._client.xadd(
-                    keys.stream(o.queue, o.priority), {"h": _head(o.message), "b": o.message.body}
-                )
-            return
         for start in range(0, len(batch), PUBLISH_CHUNK):
-            await self._publish_chunk(batch[start : start + PUBLISH_CHUNK], now)
-
-    async def _publish_chunk(self, batch: Sequence[Outgoing], now: float) -> None:
-        """One script call: atomic, and one command for redis-py (and hiredis) to pack."""
-        keys = self._keys
-        names: dict[str, int] = {}
-        args: list[Any] = ["publish"]
-        for o in batch:
-            if o.not_before is not None and o.not_before > now:
-                name = keys.delayed(o.queue)
-                member = [o.priority, 0, _head(o.message), o.message.body, os.urandom(8)]
-                packed = msgpack.packb(member, use_bin_type=False)
-                args += ["z", names.setdefault(name, len(names) + 1), int(o.not_before * 1000)]
-                args.append(packed)
-            else:
-                name = keys.stream(o.queue, o.priority)
-                args += ["x", names.setdefault(name, len(names) + 1), _head(o.message)]
-                args.append(o.message.body)
-        await self._run(list(names), args)
+            names: dict[str, int] = {}
+            args: list[Any] = ["publish"]
+            for write in writes if start == 0 else ():
+                args += ["w", len(write.args), write.statement, *write.args]
+            for o in batch[start : start + PUBLISH_CHUNK]:
+                if o.not_before is not None and o.not_before > now:
+                    name = keys.delayed(o.queue)
+                    member = [o.priority, 0, _head(o.message), o.message.body, os.urandom(8)]
+                    packed = msgpack.packb(member, use_bin_type=False)
+                    args += ["z", names.setdefault(name, len(names) + 1), int(o.not_before * 1000)]
+                    args.append(packed)
+                else:
+                    name = keys.stream(o.queue, o.priority)
+                    args += ["x", names.setdefault(name, len(names) + 1), _head(o.message)]
+                    args.append(o.message.body)
+            await self._run(list(names), args)
 
     async def purge(self, queue: str) -> int:
         return int(await self._run(self._keys.queue(queue)[1:], ["purge", GROUP]))

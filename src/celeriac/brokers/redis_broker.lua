@@ -182,9 +182,17 @@ end
 
 -- KEYS: the streams and delayed sets written to. ARGV: 'publish', then per
 -- message either 'x', KEYS index, h, b (append to a stream) or 'z', KEYS index,
--- not_before_ms, member (add to a delayed set). Returns how many it stored.
+-- not_before_ms, member (add to a delayed set). Before the messages, a result
+-- store's writes (celeriac.shared_storage), each 'w', argument count, command,
+-- arguments; one that fails fails the call before any message is stored.
+-- Returns how many messages it stored.
 local function publish()
   local i, n = 2, 0
+  while ARGV[i] == 'w' do
+    local count = tonumber(ARGV[i + 1])
+    redis.call(unpack(ARGV, i + 2, i + 2 + count))
+    i = i + 3 + count
+  end
   while i <= #ARGV do
     local key = KEYS[tonumber(ARGV[i + 1])]
     if ARGV[i] == 'x' then
