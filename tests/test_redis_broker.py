@@ -388,4 +388,4 @@ def test_commands_are_packed_as_redis_py_packs_them() -> None:
     ]:
         assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))
     with pytest.raises(DataError):
-        fast.pack_command("SET", "k", None)
+        fast.pack_command("SET", "k", None)  # type: ignore[arg-type]

@@ -16,11 +16,15 @@ from typing import Any
 import pytest
 import redis
 
-from celeriac import Celeriac
+from celeriac import Celeriac, states
 from celeriac._sync import close_all
-from celeriac.backends.base import ResultBackend
+from celeriac.backends import backend_from_url
+from celeriac.backends.base import ResultBackend, ResultMeta
+from celeriac.brokers import broker_from_url
+from celeriac.brokers.base import BrokerOptions, QueueStats
 from celeriac.brokers.sqlite import SQLiteBroker
 from celeriac.errors import BrokerError
+from celeriac.protocol import Message, Outgoing
 
 from .services import REDIS_TEST_DB, redis_url
 
@@ -73,7 +77,9 @@ def test_sqlite_sync_callers_on_many_threads_all_land_with_markers(sqlite_app: C
     for thread in threads:
         thread.join()
     assert len(ids) == 320
-    assert asyncio.run(ready(sqlite_app.conf.broker_url, sqlite_app.conf.task_default_queue)) == 320
+    url = sqlite_app.conf.broker_url
+    assert url is not None
+    assert asyncio.run(ready(url, sqlite_app.conf.task_default_queue)) == 320
     assert all(sqlite_app.AsyncResult(i).known() for i in ids)
 
 
@@ -107,7 +113,7 @@ def test_redis_marker_goes_with_the_publish(redis_app: Celeriac) -> None:
     now = noop.delay()
     later = noop.apply_async(countdown=3600)
     assert now.known() and later.known()
-    prefix = redis_app.conf.result_backend.partition("prefix=")[2]
+    prefix = str(redis_app.conf.result_backend).partition("prefix=")[2]
     raw = redis.Redis("127.0.0.1", 6379, db=REDIS_TEST_DB)
     try:
         assert 590_000 < raw.pttl(f"{prefix}celery-task-meta-{now.id}") <= 600_000
@@ -140,3 +146,42 @@ def test_redis_store_writes_itself_when_databases_differ(monkeypatch: pytest.Mon
     finally:
         app.close()
         close_all()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/shared.db" if request.param == "sqlite" else redis_url()
+
+
+async def test_an_ack_carries_a_result_and_goes_soon_without_a_fetch(shared_url: str) -> None:
+    """A worker's ack can carry its task's result: both land together, promptly, even
+    when no fetch comes (the plain ack interval here is far longer)."""
+    options = BrokerOptions(ack_flush_interval=30.0)
+    broker, backend = broker_from_url(shared_url, options), backend_from_url(shared_url)
+    await backend.connect()
+    await broker.connect()
+    assert broker.storage is not None and broker.storage == backend.storage
+    consumer = broker.consumer(["q"], "carrier")
+    try:
+        await broker.publish([Outgoing("q", Message({"task": "t", "id": "t1"}, b"[]"))])
+        (delivery,) = await consumer.fetch(1, timeout=2)
+        meta = ResultMeta("t1", states.SUCCESS, result=42)
+        await consumer.ack(delivery, backend.store_writes(meta))
+        assert await backend.get("t1") is None  # not yet: it rides with the ack
+        await asyncio.sleep(0.2)
+        stored = await backend.get("t1")
+        assert stored is not None and stored.result == 42
+        assert await broker.stats("q") == QueueStats(0, 0, 0)
+
+        # With a fetch right after, result and ack travel in the fetch's transaction.
+        await broker.publish([Outgoing("q", Message({"task": "t", "id": "t2"}, b"[]"))])
+        (delivery,) = await consumer.fetch(1, timeout=2)
+        await consumer.ack(delivery, backend.store_writes(ResultMeta("t2", states.FAILURE)))
+        assert await consumer.fetch(1, timeout=0) == []
+        stored = await backend.get("t2")
+        assert stored is not None and stored.status == states.FAILURE
+        assert await broker.stats("q") == QueueStats(0, 0, 0)
+    finally:
+        await consumer.close()
+        await broker.close()
+        await backend.close()

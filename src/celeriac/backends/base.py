@@ -119,6 +119,16 @@ class ResultBackend(ABC):
         expires = keep_for if keep_for is not None else self.options.expires
         await self._set(self.key_for(meta.task_id), self._encode(meta), expires)
 
+    def store_writes(self, meta: ResultMeta) -> list[StorageWrite]:
+        """``store(meta)`` as writes for a broker on the same ``storage`` to make
+        (a worker's consumer makes them with the task's ack).
+
+        Only called when ``storage`` is not None.
+        """
+        return self._set_writes(
+            self.key_for(meta.task_id), self._encode(meta), self.options.expires
+        )
+
     async def store_many(
         self, metas: Sequence[ResultMeta], *, keep_for: float | None = None
     ) -> None:
@@ -273,6 +283,10 @@ class ResultBackend(ABC):
         """Several ``_add`` calls (key, value, expiry); stores make it one round trip."""
         for key, value, expires in items:
             await self._add(key, value, expires)
+
+    def _set_writes(self, key: str, value: bytes, expires: float | None) -> list[StorageWrite]:
+        """``_set`` as writes in the storage's terms; stores with a ``storage`` supply it."""
+        raise NotImplementedError(f"{type(self).__name__} has no storage a broker can share")
 
     def _add_writes(self, items: Sequence[tuple[str, bytes, float | None]]) -> list[StorageWrite]:
         """``_add_many`` as writes in the storage's terms; stores with a ``storage`` supply it."""

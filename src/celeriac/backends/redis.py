@@ -231,12 +231,18 @@ class RedisBackend(ResultBackend):
         return value
 
     async def _set(self, key: str, value: bytes, expires: float | None) -> None:
-        name = self._prefix + key
         with self._errors():
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.set(name, value, px=_ms(expires))
-                pipe.publish(name, value)
+                for write in self._set_writes(key, value, expires):
+                    pipe.execute_command(write.statement, *write.args)
                 await pipe.execute()
+
+    def _set_writes(self, key: str, value: bytes, expires: float | None) -> list[StorageWrite]:
+        """SET, and PUBLISH the value to the key's waiters (Celery's layout)."""
+        name = self._prefix + key
+        ms = _ms(expires)
+        args: list[Any] = [name, value] if ms is None else [name, value, "PX", ms]
+        return [StorageWrite("SET", args), StorageWrite("PUBLISH", [name, value])]
 
     async def _delete(self, key: str) -> None:
         with self._errors():

@@ -189,10 +189,20 @@ class SQLiteBackend(ResultBackend):
         return value
 
     async def _set(self, key: str, value: bytes, expires: float | None) -> None:
-        sweep = self._writes % _SWEEP_EVERY == 0
-        self._writes += 1
-        await self._run(_upsert, key, value, expires, sweep)
+        await self._run(_upsert, key, value, expires, self._sweep_due())
         self._wake(key)  # our own commits do not change our data_version
+
+    def _set_writes(self, key: str, value: bytes, expires: float | None) -> list[StorageWrite]:
+        now = time.time()
+        writes = [StorageWrite(_UPSERT, [(key, value, None if expires is None else now + expires)])]
+        if self._sweep_due():
+            writes.append(StorageWrite(_SWEEP, [(now,)]))
+        return writes
+
+    def _sweep_due(self) -> bool:
+        """Every ``_SWEEP_EVERY``-th write also deletes some expired rows."""
+        self._writes += 1
+        return self._writes % _SWEEP_EVERY == 1
 
     async def _add_member(self, key: str, member: str, expires: float | None) -> int:
         return await self._run(_add_member, key, member, expires)

@@ -35,6 +35,11 @@ from ..shared_storage import StorageWrite
 
 logger = logging.getLogger("celeriac.broker")
 
+CARRIED_FLUSH_DELAY = 0.0005
+"""Seconds an ack carrying a result waits for a fetch to ride with: a worker
+that fetches next at once sends both in one round trip, and the result of a
+task is never held back longer than this."""
+
 __all__ = ["Broker", "BrokerOptions", "Consumer", "DeadLetter", "Delivery", "QueueStats"]
 
 
@@ -187,6 +192,11 @@ class Consumer(ABC):
     ``ack`` is buffered and sent with the next ``fetch`` or within
     ``ack_flush_interval``; a crash before the flush redelivers, which
     at-least-once allows. The heartbeat timer starts with the first fetch.
+
+    An ack may carry a result store's writes (``celeriac.shared_storage``),
+    when the store shares the broker's database: they are made before the ack
+    or with it, atomically, and go within ``CARRIED_FLUSH_DELAY`` (with the
+    next fetch, when it comes that soon).
     """
 
     def __init__(self, broker: Broker, queues: Sequence[str], name: str):
@@ -197,6 +207,7 @@ class Consumer(ABC):
         self.name = name
         self.options = broker.options
         self._pending_acks: list[Delivery] = []
+        self._pending_writes: list[StorageWrite] = []
         self._held: dict[int, Delivery] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -219,10 +230,12 @@ class Consumer(ABC):
             self._flush_handle.cancel()
             self._flush_handle = None
         acks, self._pending_acks = self._pending_acks, []
+        writes, self._pending_writes = self._pending_writes, []
         try:
-            deliveries = await self._ack_and_fetch(acks, limit, timeout)
+            deliveries = await self._ack_and_fetch(acks, limit, timeout, writes)
         except BaseException:
             self._pending_acks[:0] = acks  # acks are idempotent: sending one twice is harmless
+            self._pending_writes[:0] = writes  # and so are the writes of results
             raise
         ready: list[Delivery] = []
         doomed: list[Delivery] = []
@@ -235,17 +248,34 @@ class Consumer(ABC):
             self._held[id(d)] = d
         return ready
 
-    async def ack(self, delivery: Delivery) -> None:
+    async def ack(self, delivery: Delivery, writes: Sequence[StorageWrite] = ()) -> None:
+        """Acknowledge ``delivery`` soon; ``writes`` (only for a broker with a
+        ``storage``) are made before the ack or in the same transaction."""
         self._held.pop(id(delivery), None)
         self._pending_acks.append(delivery)
+        delay = self.options.ack_flush_interval
+        if writes:
+            self._pending_writes.extend(writes)
+            delay = min(delay, CARRIED_FLUSH_DELAY)
+            if self._flush_handle is not None and self._flush_handle.when() > (
+                asyncio.get_running_loop().time() + delay
+            ):
+                self._flush_handle.cancel()
+                self._flush_handle = None
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
-            self._flush_handle = loop.call_later(self.options.ack_flush_interval, self._flush_soon)
+            self._flush_handle = loop.call_later(delay, self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._flush_handle = None
-        if self._pending_acks and (self._flush_task is None or self._flush_task.done()):
-            self._flush_task = asyncio.get_running_loop().create_task(self.flush_acks())
+        if not self._pending_acks:
+            return
+        loop = asyncio.get_running_loop()
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = loop.create_task(self.flush_acks())
+        else:  # a flush is on its way: these go with the next one
+            delay = CARRIED_FLUSH_DELAY if self._pending_writes else self.options.ack_flush_interval
+            self._flush_handle = loop.call_later(delay, self._flush_soon)
 
     async def flush_acks(self) -> None:
         if self._flush_handle is not None:
@@ -253,10 +283,15 @@ class Consumer(ABC):
             self._flush_handle = None
         if self._pending_acks:
             batch, self._pending_acks = self._pending_acks, []
+            writes, self._pending_writes = self._pending_writes, []
             try:
-                await self._ack(batch)
+                if writes:
+                    await self._ack_with(batch, writes)
+                else:
+                    await self._ack(batch)
             except BaseException:
                 self._pending_acks[:0] = batch
+                self._pending_writes[:0] = writes
                 raise
 
     async def requeue(self, delivery: Delivery, delay: float = 0.0, *, count: bool = True) -> None:
@@ -310,6 +345,7 @@ class Consumer(ABC):
             self._flush_handle.cancel()
         self._held.clear()
         self._pending_acks.clear()
+        self._pending_writes.clear()
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat_task is None:
@@ -330,12 +366,24 @@ class Consumer(ABC):
                 logger.warning("heartbeat to %r failed: %s", self.broker, exc)
 
     async def _ack_and_fetch(
-        self, acks: Sequence[Delivery], limit: int, timeout: float
+        self,
+        acks: Sequence[Delivery],
+        limit: int,
+        timeout: float,
+        writes: Sequence[StorageWrite] = (),
     ) -> list[Delivery]:
         """Settle the buffered ``acks``, then fetch; a broker may do both in one round trip."""
-        if acks:
+        if writes:
+            await self._ack_with(acks, writes)
+        elif acks:
             await self._ack(acks)
         return await self._fetch(limit, timeout)
+
+    async def _ack_with(
+        self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite]
+    ) -> None:
+        """``writes``, then ``_ack``, atomically; brokers with a ``storage`` supply it."""
+        raise NotImplementedError(f"{type(self).__name__} shares no storage with a result store")
 
     @abstractmethod
     async def _fetch(self, limit: int, timeout: float) -> list[Delivery]: ...

@@ -183,11 +183,15 @@ class RedisConsumer(Consumer):
         return await self._ack_and_fetch((), limit, timeout)
 
     async def _ack_and_fetch(
-        self, acks: Sequence[Delivery], limit: int, timeout: float
+        self,
+        acks: Sequence[Delivery],
+        limit: int,
+        timeout: float,
+        writes: Sequence[StorageWrite] = (),
     ) -> list[Delivery]:
-        """Buffered acks travel in the fetch's own Lua call: one round trip for both."""
+        """Buffered acks (and writes) travel in the fetch's own Lua call: one round trip."""
         deadline = time.monotonic() + timeout
-        ack_args = self._ack_args(acks)
+        ack_args = [*_write_args(writes), *self._ack_args(acks)]
         while True:
             deliveries, due_in, wake_ids = await self._take(limit, ack_args)
             ack_args = []
@@ -248,13 +252,20 @@ class RedisConsumer(Consumer):
     async def _ack(self, deliveries: Sequence[Delivery]) -> None:
         await self._ack_tags([d.tag for d in deliveries])
 
-    async def _ack_tags(self, tags: Sequence[Tag]) -> None:
+    async def _ack_with(
+        self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite]
+    ) -> None:
+        await self._ack_tags([d.tag for d in deliveries], writes)
+
+    async def _ack_tags(self, tags: Sequence[Tag], writes: Sequence[StorageWrite] = ()) -> None:
         by_stream: dict[str, list[bytes]] = {}
         for tag in tags:
             by_stream.setdefault(tag[0], []).append(tag[1])
         client = self._broker._client
         with self._broker._errors():
             async with client.pipeline(transaction=True) as pipe:
+                for write in writes:
+                    pipe.execute_command(write.statement, *write.args)
                 for stream, ids in by_stream.items():
                     pipe.xack(stream, GROUP, *ids)
                     pipe.xdel(stream, *ids)
@@ -332,9 +343,7 @@ class RedisBroker(Broker):
         keys = self._keys
         for start in range(0, len(batch), PUBLISH_CHUNK):
             names: dict[str, int] = {}
-            args: list[Any] = ["publish"]
-            for write in writes if start == 0 else ():
-                args += ["w", len(write.args), write.statement, *write.args]
+            args: list[Any] = ["publish", *_write_args(writes if start == 0 else ())]
             for o in batch[start : start + PUBLISH_CHUNK]:
                 if o.not_before is not None and o.not_before > now:
                     name = keys.delayed(o.queue)
@@ -420,6 +429,14 @@ class RedisBroker(Broker):
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         """redis-py's exceptions as celeriac's, naming the URL (password hidden)."""
         return driver_errors("Redis broker", self.url, BrokerUnavailable, BrokerError)
+
+
+def _write_args(writes: Sequence[StorageWrite]) -> list[Any]:
+    """A result store's writes as the script reads them (``writes_from``)."""
+    args: list[Any] = []
+    for write in writes:
+        args += ["w", len(write.args), write.statement, *write.args]
+    return args
 
 
 def _dead_letter(entry_id: str, fields: dict[bytes, bytes]) -> DeadLetter:

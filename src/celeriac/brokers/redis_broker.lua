@@ -120,19 +120,32 @@ end
 -- group the KEYS index of a stream, a count of ids, the ids.
 local function ack_from(at, group)
   local groups = tonumber(ARGV[at] or 0)
+  at = at + 1
   for _ = 1, groups do
-    local stream, n = KEYS[tonumber(ARGV[at + 1])], tonumber(ARGV[at + 2])
+    local stream, n = KEYS[tonumber(ARGV[at])], tonumber(ARGV[at + 1])
     local ids = {}
-    for i = 1, n do ids[i] = ARGV[at + 2 + i] end
+    for i = 1, n do ids[i] = ARGV[at + 1 + i] end
     redis.call('XACK', stream, group, unpack(ids))
     redis.call('XDEL', stream, unpack(ids))
     at = at + 2 + n
   end
+  return at
+end
+
+-- A result store's writes (celeriac.shared_storage) from ARGV[at]: each 'w',
+-- argument count, command, arguments. Returns the index after the last.
+local function writes_from(at)
+  while ARGV[at] == 'w' do
+    local count = tonumber(ARGV[at + 1])
+    redis.call(unpack(ARGV, at + 2, at + 2 + count))
+    at = at + 3 + count
+  end
+  return at
 end
 
 -- KEYS: per queue, consumers, delayed, streams 0..9.
--- ARGV: 'fetch', group, me, limit, lease_ms, rotation, then acks to settle first
--- (see ack_from).
+-- ARGV: 'fetch', group, me, limit, lease_ms, rotation, then a result store's
+-- writes (see writes_from) and acks (see ack_from) to make first.
 -- Returns {deliveries, due_in_ms, wake_ids}: deliveries as {queue index (0-based),
 -- priority, id, delivery count, h, b}; when there are none, how long until a delayed
 -- message or a lease comes due (-1: nothing will) and each stream's last
@@ -141,7 +154,7 @@ local function fetch()
   local group, me = ARGV[2], ARGV[3]
   local left, lease, rotation = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
   local nq = #KEYS / KEYS_PER_QUEUE
-  ack_from(7, group)
+  ack_from(writes_from(7), group)
   local now = now_ms()
   local lapsed = {}
   for q = 0, nq - 1 do
@@ -187,12 +200,7 @@ end
 -- arguments; one that fails fails the call before any message is stored.
 -- Returns how many messages it stored.
 local function publish()
-  local i, n = 2, 0
-  while ARGV[i] == 'w' do
-    local count = tonumber(ARGV[i + 1])
-    redis.call(unpack(ARGV, i + 2, i + 2 + count))
-    i = i + 3 + count
-  end
+  local i, n = writes_from(2), 0
   while i <= #ARGV do
     local key = KEYS[tonumber(ARGV[i + 1])]
     if ARGV[i] == 'x' then

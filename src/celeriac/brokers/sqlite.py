@@ -450,14 +450,18 @@ class SQLiteConsumer(Consumer):
         self._next_visible = 0.0
 
     async def _ack_and_fetch(
-        self, acks: Sequence[Delivery], limit: int, timeout: float
+        self,
+        acks: Sequence[Delivery],
+        limit: int,
+        timeout: float,
+        writes: Sequence[StorageWrite] = (),
     ) -> list[Delivery]:
-        """The acks and the next lease in one job and one transaction."""
-        if not acks:
+        """The writes, the acks and the next lease in one job and one transaction."""
+        if not acks and not writes:
             return await self._fetch(limit, timeout)
         ids = orjson.dumps([d.tag for d in acks])
         return await self._fetch(
-            limit, timeout, first=lambda db: self._ack_and_lease(db, ids, limit)
+            limit, timeout, first=lambda db: self._ack_and_lease(db, ids, limit, writes)
         )
 
     async def _fetch(
@@ -536,9 +540,11 @@ class SQLiteConsumer(Consumer):
             self._next_visible = 0.0  # look again (and fetch the earliest) next time
         return rows
 
-    def _ack_and_lease(self, db: sqlite3.Connection, ids: bytes, limit: int) -> list[Row]:
+    def _ack_and_lease(
+        self, db: sqlite3.Connection, ids: bytes, limit: int, writes: Sequence[StorageWrite]
+    ) -> list[Row]:
         def work(db: sqlite3.Connection) -> list[Row]:
-            db.execute(ACK, (self._owner, ids)).close()
+            self._settle(db, ids, writes)
             return self._lease(db, limit)
 
         rows = _write(db, work)
@@ -558,6 +564,18 @@ class SQLiteConsumer(Consumer):
     async def _ack(self, deliveries: Sequence[Delivery]) -> None:
         ids = orjson.dumps([d.tag for d in deliveries])
         await self._conn.run(lambda db: db.execute(ACK, (self._owner, ids)).close())
+
+    async def _ack_with(
+        self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite]
+    ) -> None:
+        ids = orjson.dumps([d.tag for d in deliveries])
+        await self._conn.run(lambda db: _write(db, lambda db: self._settle(db, ids, writes)))
+
+    def _settle(self, db: sqlite3.Connection, ids: bytes, writes: Sequence[StorageWrite]) -> None:
+        """A result store's writes, then the acks (inside the caller's transaction)."""
+        for write in writes:
+            db.executemany(write.statement, write.args).close()
+        db.execute(ACK, (self._owner, ids)).close()
 
     async def _release(
         self, deliveries: Sequence[Delivery], not_before: float | None, *, uncount: bool

@@ -248,7 +248,7 @@ class TaskConsumer:
         elif outcome.state == states.REJECTED:
             await consumer.dead_letter(job.delivery, f"rejected by the task: {outcome.exc}")
         elif job.task.acks_late:
-            await consumer.ack(job.delivery)
+            await consumer.ack(job.delivery, job.ack_writes)
         if (
             isinstance(outcome.exc, TimeLimitExceeded)
             and self.exit_on_hard_timeout

@@ -1,11 +1,11 @@
-"""Stores each task's state and outcome in the result store, before the ack."""
+"""Stores each task's state and outcome in the result store, before (or with) the ack."""
 
 from __future__ import annotations
 
 import os
 
 from ... import states
-from ...backends.base import ResultMeta, utcnow_iso
+from ...backends.base import ResultBackend, ResultMeta, utcnow_iso
 from ...errors import SerializationError
 from ...exception_codec import encode_exception
 from ...execution import Outcome
@@ -15,6 +15,15 @@ from .base import Middleware
 
 
 class Results(Middleware):
+    """Stores each task's state and outcome.
+
+    When the broker keeps its messages in the result store's database (one
+    SQLite file, one Redis database), a plain task's outcome goes with its
+    ack instead: one transaction or round trip for both, and the next fetch
+    usually carries them. Not for tasks that a chord counts or that have
+    callbacks or a chain: those expect the result stored before they go on.
+    """
+
     async def task_started(self, ctx: WorkerContext, job: Job) -> None:
         if job.task.track_started and not job.request.ignore_result:
             backend = await ctx.app.abackend()
@@ -27,13 +36,21 @@ class Results(Middleware):
         if job.request.ignore_result or outcome.state == states.IGNORED:
             return outcome
         backend = await ctx.app.abackend()
-        meta = self._meta(ctx, job, outcome)
+        with_ack = job.task.acks_late and not _goes_on(job) and await _shares(ctx, backend)
         try:
-            await backend.store(meta)
+            await self._store(backend, self._meta(ctx, job, outcome), job, with_ack)
         except SerializationError as exc:
             outcome = Outcome(states.FAILURE, exc=exc, runtime=outcome.runtime)
-            await backend.store(self._meta(ctx, job, outcome))
+            await self._store(backend, self._meta(ctx, job, outcome), job, with_ack)
         return outcome
+
+    async def _store(
+        self, backend: ResultBackend, meta: ResultMeta, job: Job, with_ack: bool
+    ) -> None:
+        if with_ack and meta.status in _WITH_ACK:
+            job.ack_writes = backend.store_writes(meta)
+        else:
+            await backend.store(meta)
 
     def _meta(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> ResultMeta:
         if outcome.state == states.SUCCESS:
@@ -61,3 +78,17 @@ class Results(Middleware):
             date_done=utcnow_iso() if outcome.state in states.READY_STATES else None,
             extra=extra,
         )
+
+
+_WITH_ACK = frozenset({states.SUCCESS, states.FAILURE})
+
+
+def _goes_on(job: Job) -> bool:
+    """Whether something runs after this task that may read its stored result."""
+    body = job.body
+    return bool(body.chord or body.callbacks or body.errbacks or body.chain)
+
+
+async def _shares(ctx: WorkerContext, backend: ResultBackend) -> bool:
+    broker = await ctx.app.abroker()
+    return broker.storage is not None and broker.storage == backend.storage
