@@ -35,10 +35,11 @@ from ..shared_storage import StorageWrite
 
 logger = logging.getLogger("celeriac.broker")
 
-CARRIED_FLUSH_DELAY = 0.0005
-"""Seconds an ack carrying a result waits for a fetch to ride with: a worker
-that fetches next at once sends both in one round trip, and the result of a
-task is never held back longer than this."""
+CARRIED_FLUSH_DELAY = 0.005
+"""Seconds an ack carrying a result waits for a fetch to ride with, when no
+fetch is under way (a worker fetches again as soon as a slot is free, so
+both usually go in one round trip). While a fetch is under way, waiting for
+messages, such an ack goes at once."""
 
 __all__ = ["Broker", "BrokerOptions", "Consumer", "DeadLetter", "Delivery", "QueueStats"]
 
@@ -195,8 +196,8 @@ class Consumer(ABC):
 
     An ack may carry a result store's writes (``celeriac.shared_storage``),
     when the store shares the broker's database: they are made before the ack
-    or with it, atomically, and go within ``CARRIED_FLUSH_DELAY`` (with the
-    next fetch, when it comes that soon).
+    or with it, atomically, with the next fetch when it comes within
+    ``CARRIED_FLUSH_DELAY``.
     """
 
     def __init__(self, broker: Broker, queues: Sequence[str], name: str):
@@ -208,6 +209,7 @@ class Consumer(ABC):
         self.options = broker.options
         self._pending_acks: list[Delivery] = []
         self._pending_writes: list[StorageWrite] = []
+        self._fetching = False
         self._held: dict[int, Delivery] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -231,12 +233,15 @@ class Consumer(ABC):
             self._flush_handle = None
         acks, self._pending_acks = self._pending_acks, []
         writes, self._pending_writes = self._pending_writes, []
+        self._fetching = True
         try:
             deliveries = await self._ack_and_fetch(acks, limit, timeout, writes)
         except BaseException:
             self._pending_acks[:0] = acks  # acks are idempotent: sending one twice is harmless
             self._pending_writes[:0] = writes  # and so are the writes of results
             raise
+        finally:
+            self._fetching = False
         ready: list[Delivery] = []
         doomed: list[Delivery] = []
         for d in deliveries:
@@ -256,7 +261,7 @@ class Consumer(ABC):
         delay = self.options.ack_flush_interval
         if writes:
             self._pending_writes.extend(writes)
-            delay = min(delay, CARRIED_FLUSH_DELAY)
+            delay = 0.0 if self._fetching else min(delay, CARRIED_FLUSH_DELAY)
             if self._flush_handle is not None and self._flush_handle.when() > (
                 asyncio.get_running_loop().time() + delay
             ):
