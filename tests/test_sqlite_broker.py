@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from celeriac.brokers.base import BrokerOptions, QueueStats
-from celeriac.brokers.sqlite import SQLiteBroker
+from celeriac.brokers.sqlite import SQLiteBroker, _Connection
 from celeriac.errors import BrokerUnavailable
 from celeriac.protocol import Message, Outgoing
 
@@ -26,7 +27,7 @@ OPTIONS = BrokerOptions(lease_timeout=LEASE, poll_interval=0.02)
 CHILD = """
 import asyncio, json, sys
 from celeriac.brokers.base import BrokerOptions
-from celeriac.brokers.sqlite import SQLiteBroker
+from celeriac.brokers.sqlite import SQLiteBroker, _Connection
 from celeriac.protocol import Message, Outgoing
 
 url, mode, *args = sys.argv[1:]
@@ -200,3 +201,38 @@ async def test_publishes_from_threads_and_tasks_commit_together_and_all_land(url
         assert mine == list(range(each))
     await consumer.close()
     await second.close()
+
+
+async def test_a_failing_publish_in_a_group_commit_fails_alone(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishes committed together: one refused by the database fails, the others land."""
+    retried: list[int] = []
+    commit_each = _Connection._commit_each
+
+    def spy(self: _Connection, group: Any) -> Any:
+        retried.append(len(group))
+        return commit_each(self, group)
+
+    monkeypatch.setattr(_Connection, "_commit_each", spy)
+    broker = SQLiteBroker(url, OPTIONS)
+    await broker.connect()
+    db = sqlite3.connect(url.removeprefix("sqlite:///"))
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON celeriac_messages WHEN NEW.queue = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    )
+    db.commit()
+    db.close()
+
+    async def send(i: int) -> None:
+        message = Message({"task": "t", "id": str(i)}, b"[]")
+        await broker.publish([Outgoing("poison" if i % 5 == 0 else "q", message)])
+
+    results = await asyncio.gather(*(send(i) for i in range(40)), return_exceptions=True)
+    assert retried and max(retried) > 1  # a group failed together, then went one by one
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    assert failed == list(range(0, 40, 5))
+    assert all("refused by the test" in str(results[i]) for i in failed)
+    assert await broker.stats("q") == QueueStats(32, 0, 0)
+    await broker.close()
