@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
 from ..errors import BackendError
+from ..polling import Backoff, pause
 from ..shared_storage import StorageWrite
 from ..sqlite_url import parse_sqlite_url
 from .base import BackendOptions, ResultBackend
@@ -113,7 +114,8 @@ _ADD = (
     "WHERE expires_at IS NOT NULL AND expires_at <= ?"
 )
 
-_WATCH_INTERVAL = 0.001
+_WATCH_INTERVAL = 0.005
+"""Longest wait between two looks for a result (see ``celeriac.polling``)."""
 _KEYS_PER_QUERY = 500
 _BUSY_RETRIES = 5
 
@@ -254,18 +256,27 @@ class SQLiteBackend(ResultBackend):
     async def _watch(self) -> None:
         """Wake the waiters whose row differs from what they read, while any wait.
 
-        Each millisecond one look at ``data_version``; only when it moved (or a
-        waiter just registered) one query for all the waited keys.
+        Looks at ``data_version`` (``celeriac.polling.Backoff``, up to every
+        ``_WATCH_INTERVAL``); only when it moved (or a waiter just registered)
+        one query for all the waited keys. Right here
+        on the loop: a look costs a few microseconds, less than a thread hop,
+        and readers of a WAL database do not wait for writers.
         """
         data_version = -1
+        backoff = Backoff(_WATCH_INTERVAL)
         while self._waiters:
-            await asyncio.sleep(_WATCH_INTERVAL)
+            await pause(backoff.next())
             keys, force, self._recheck = list(self._waiters), self._recheck, False
+            if force:
+                backoff.reset()
             try:
-                data_version, rows = await self._on_thread(_look, data_version, force, keys)
-            except BackendError:
-                for key in list(self._waiters):
-                    self._wake(key)  # they read next and meet the error themselves
+                if self._fast is None:
+                    raise BackendError(f"result store {self.url} is closed")
+                data_version, rows = _look(self._fast, data_version, force, keys)
+            except (sqlite3.Error, BackendError) as exc:
+                if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                    continue  # a moment of recovery: look again next round
+                self._wake_all()
                 return
             if rows is not None:
                 for key, waiters in self._waiters.items():
@@ -273,22 +284,15 @@ class SQLiteBackend(ResultBackend):
                         if rows.get(key) != seen and not future.done():
                             future.set_result(None)
 
+    def _wake_all(self) -> None:
+        """Every waiter reads next, and meets the error (if any) itself."""
+        for key in list(self._waiters):
+            self._wake(key)
+
     def _wake(self, key: str) -> None:
         for _, future in self._waiters.get(key, ()):
             if not future.done():
                 future.set_result(None)
-
-    async def _on_thread(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
-        """Run on the connection's thread (the watcher's data_version is that connection's)."""
-        conn, executor = self._conn, self._executor
-        if conn is None or executor is None:
-            raise BackendError(f"result store {self.url} is not connected; call connect() first")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                executor, _retrying, fn, conn, *args
-            )
-        except sqlite3.Error as exc:
-            raise BackendError(f"result store {self.url} failed: {exc}") from exc
 
     async def _run(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
         """Run ``fn(conn, *args)``; driver errors become BackendError.

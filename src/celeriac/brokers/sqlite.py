@@ -74,6 +74,7 @@ import orjson
 
 from .._sync import may_block
 from ..errors import BrokerError, BrokerUnavailable, SerializationError
+from ..polling import Backoff
 from ..protocol import Message, Outgoing, encode_envelope
 from ..shared_storage import StorageWrite
 from ..sqlite_url import parse_sqlite_url
@@ -87,7 +88,8 @@ Row = tuple[Any, ...]
 MESSAGES_TABLE = "celeriac_messages"
 DEAD_LETTERS_TABLE = "celeriac_dead_letters"
 PRIORITIES = range(10)
-BUSY_RETRIES = 3
+BUSY_WAIT = 5.0
+"""Seconds a call waits for another connection's write lock before it fails."""
 GROUP_LIMIT = 256
 """Most publishes that one group commit takes in."""
 
@@ -412,16 +414,28 @@ class _Connection:
             self._db = None
 
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        for attempt in range(BUSY_RETRIES):
+        """``work(db)``, retried while another connection holds the write lock.
+
+        The connection itself never waits (busy timeout 0): SQLite's own busy
+        handler sleeps at least a millisecond, when a lease or an ack holds
+        the lock for tens of microseconds. Here the waits start at 50 µs and
+        double up to 5 ms, for ``BUSY_WAIT`` seconds in all.
+        """
+        deadline = 0.0
+        pause = 0.00005
+        while True:
             try:
                 return work(self._db or self._open())
             except sqlite3.Error as exc:
-                if attempt + 1 < BUSY_RETRIES and _is_busy(exc):
-                    time.sleep(0.01 * (attempt + 1))
-                    continue
+                if _is_busy(exc):
+                    now = time.monotonic()
+                    deadline = deadline or now + BUSY_WAIT
+                    if now < deadline:
+                        time.sleep(pause)
+                        pause = min(pause * 2, 0.005)
+                        continue
                 error = BrokerError if self._db is not None else BrokerUnavailable
                 raise error(f"SQLite broker {redact_url(self.url)}: {exc}") from exc
-        raise AssertionError("unreachable")
 
     def _open(self) -> sqlite3.Connection:
         path, _ = parse_sqlite_url(self.url)
@@ -431,7 +445,7 @@ class _Connection:
                 f"{path.parent} does not exist or is not writable; create it, or point "
                 "the broker URL at a writable directory"
             )
-        db = sqlite3.connect(path, isolation_level=None, timeout=5.0, check_same_thread=False)
+        db = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
@@ -498,7 +512,7 @@ class SQLiteConsumer(Consumer):
         first: Callable[[sqlite3.Connection], list[Row]] | None = None,
     ) -> list[Delivery]:
         deadline = time.monotonic() + timeout
-        backoff = 0.001
+        backoff = Backoff(self.options.poll_interval)
         while True:
             look = first or (lambda db: self._look(db, limit))
             first = None
@@ -511,9 +525,8 @@ class SQLiteConsumer(Consumer):
             if remaining <= 0:
                 return []
             await self._broker._nap(
-                min(backoff, remaining, max(self._next_visible - time.time(), 0.0))
+                min(backoff.next(), remaining, max(self._next_visible - time.time(), 0.0))
             )
-            backoff = min(backoff * 2, self.options.poll_interval)
 
     async def _take_on_thread(self, look: Callable[[sqlite3.Connection], list[Row]]) -> list[Row]:
         job = self._conn.submit(look)
