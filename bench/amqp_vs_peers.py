@@ -34,7 +34,10 @@ SYSTEMS = ("celeriac", "celery", "dramatiq", "dramatiq_confirm")
 WORKLOADS = ("serial", "batch", "drain", "drain_prefetch", "latency")
 PREFETCH = "32"
 WORKERS: dict[str, list[str]] = {
-    "celeriac": ["-m", "celeriac", "-A", "bench.apps.celeriac_amqp", "worker", "-l", "WARNING"],
+    "celeriac": [
+        *("-m", "celeriac", "-A", "bench.apps.celeriac_amqp", "worker", "-l", "WARNING"),
+        *os.environ.get("BENCH_CELERIAC_WORKER", "").split(),
+    ],
     "celery": [
         *("-m", "celery", "-A", "bench.apps.celery_amqp", "worker", "-P", "prefork", "-c", "2"),
         *("-l", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"),
