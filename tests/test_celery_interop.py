@@ -158,3 +158,38 @@ async def test_a_celeriac_client_runs_tasks_on_a_celery_worker(
             i + 1 for i in range(20)
         ]
     await app.aclose()
+
+
+def test_a_celery_client_gets_rpc_results_from_a_celeriac_worker(broker_url: str) -> None:
+    """Celery's rpc:// result store: the celeriac worker replies to the client's own queue."""
+    env = {
+        "CELERIAC_BROKER_URL": broker_url,
+        "CELERIAC_RESULT_BACKEND": "rpc://",
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "celeriac", "-A", "tests.apps.interop_celeriac"]
+    client = celery_client(broker_url, "rpc://")
+    with running([*command, "worker", "-P", "thread", "-c", "2"], env):
+        results = [client.send_task("interop.add", (i, i)) for i in range(10)]
+        assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(10)]
+        failing = client.send_task("interop.add", ("a", 1))
+        with pytest.raises(TypeError):
+            failing.get(timeout=TIMEOUT)
+        del results, failing
+    consumer = client.backend.result_consumer
+    consumer.stop()
+    consumer._connection.close()  # Celery's close() leaves its reply connection open
+    client.close()
+
+
+async def test_a_celeriac_client_gets_rpc_results_from_a_celery_worker(broker_url: str) -> None:
+    env = {"INTEROP_BROKER": broker_url, "INTEROP_BACKEND": "rpc://"}
+    command = ["celery", "-A", "tests.apps.interop_celery", "worker", "-P", "solo"]
+    options = ["-Q", "celery", "-l", "warning", "--without-gossip", "--without-mingle"]
+    app = Celeriac("client", broker=broker_url, backend=broker_url)  # a RabbitMQ URL: rpc
+    with running([*command, *options], env):
+        results = [await app.asend_task("interop.add", (i, 1)) for i in range(10)]
+        assert await asyncio.gather(*(r.aget(timeout=TIMEOUT) for r in results)) == [
+            i + 1 for i in range(10)
+        ]
+    await app.aclose()

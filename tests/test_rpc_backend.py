@@ -5,26 +5,32 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from pathlib import Path
 
+import orjson
 import pytest
 
 from celeriac import Celeriac, states
 from celeriac.backends import backend_from_url
 from celeriac.backends.base import ResultMeta
 from celeriac.backends.rpc import RpcBackend
+from celeriac.brokers.amqp import split_url
 from celeriac.errors import BackendError
-from celeriac.testing import worker_thread
+from celeriac.testing import WorkerProcess, worker_thread
 
 from .services import rabbitmq_url
+
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 PEER = """
 import asyncio, sys
 from celeriac.backends import backend_from_url
+from celeriac.backends.rpc import RpcBackend
 
 async def main(url, task_id):
     backend = backend_from_url(url)
     await backend.connect()
-    print("connected", flush=True)
+    print(RpcBackend.reply_queue_for(url), flush=True)
     try:
         meta = await backend.wait(task_id, timeout=float(sys.argv[3]))
         print(meta.result, flush=True)
@@ -36,24 +42,31 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
-async def peer(url: str, task_id: str, timeout: float) -> asyncio.subprocess.Process:
+async def peer(url: str, task_id: str, timeout: float) -> tuple[asyncio.subprocess.Process, str]:
+    """A process waiting for ``task_id``'s result, and the name of its reply queue."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", PEER, url, task_id, str(timeout), stdout=asyncio.subprocess.PIPE
     )
     assert process.stdout is not None
-    assert await asyncio.wait_for(process.stdout.readline(), 60) == b"connected\n"
-    return process
+    queue = (await asyncio.wait_for(process.stdout.readline(), 60)).decode().strip()
+    assert queue
+    return process, queue
 
 
-async def test_a_connected_process_receives_the_result_over_its_reply_queue() -> None:
+async def test_a_result_goes_to_the_callers_reply_queue_only() -> None:
     url = rabbitmq_url(scheme="rpc")
     task_id = str(uuid.uuid4())
-    process = await peer(url, task_id, 30)
+    caller, queue = await peer(url, task_id, 30)
+    bystander, other = await peer(url, task_id, 2)
+    assert queue != other
     backend = backend_from_url(url)
     await backend.connect()
-    await backend.store(ResultMeta(task_id, states.SUCCESS, result=42))
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    await backend.store(ResultMeta(task_id, states.STARTED), reply_to=queue)
+    await backend.store(ResultMeta(task_id, states.SUCCESS, result=42), reply_to=queue)
+    out, _ = await asyncio.wait_for(caller.communicate(), 60)
     assert out.strip() == b"42"
+    out, _ = await asyncio.wait_for(bystander.communicate(), 60)
+    assert out.strip() == b"none"
     await backend.close()
 
 
@@ -64,7 +77,7 @@ async def test_a_process_that_connects_later_never_sees_the_result() -> None:
     backend = backend_from_url(url)
     await backend.connect()
     await backend.store(ResultMeta(task_id, states.SUCCESS, result=42))
-    process = await peer(url, task_id, 1.0)
+    process, _ = await peer(url, task_id, 1.0)
     out, _ = await asyncio.wait_for(process.communicate(), 60)
     assert out.strip() == b"none"
     await backend.close()
@@ -99,3 +112,45 @@ async def test_unreachable_rabbitmq_says_so_without_the_password() -> None:
         await backend.connect()
     assert "s3cret" not in str(raised.value)
     assert "rpc://guest:***@127.0.0.1:1//" in str(raised.value)
+
+
+async def test_a_worker_in_another_process_replies_to_the_caller() -> None:
+    broker, results = rabbitmq_url(), rabbitmq_url(scheme="rpc")
+    app = Celeriac("rpc-test", broker=broker, backend=results)
+    with WorkerProcess(
+        "tests.apps.interop_celeriac",
+        env={
+            "CELERIAC_BROKER_URL": broker,
+            "CELERIAC_RESULT_BACKEND": results,
+            "PYTHONPATH": ROOT,
+        },
+    ):
+        sent = [await app.asend_task("interop.add", (i, i)) for i in range(10)]
+        assert [await r.aget(timeout=30) for r in sent] == [2 * i for i in range(10)]
+        failed = await app.asend_task("interop.add", ("a", 1))
+        with pytest.raises(TypeError):
+            await failed.aget(timeout=30)
+    await app.aclose()
+
+
+async def test_a_late_earlier_state_does_not_hide_a_ready_one() -> None:
+    url = rabbitmq_url(scheme="rpc")
+    receiver = backend_from_url(url)
+    await receiver.connect()
+    queue = RpcBackend.reply_queue_for(url)
+    task_id = str(uuid.uuid4())
+    await receiver.store(ResultMeta(task_id, states.SUCCESS, result=1))
+    # A message from another process (no origin header of ours): STARTED after SUCCESS.
+    import aio_pika
+
+    connection = await aio_pika.connect(split_url(url.replace("rpc://", "amqp://", 1))[0])
+    channel = await connection.channel()
+    body = orjson.dumps({"task_id": task_id, "status": "STARTED", "result": None})
+    await channel.default_exchange.publish(
+        aio_pika.Message(body, content_type="application/json"), routing_key=queue
+    )
+    await asyncio.sleep(0.5)
+    meta = await receiver.get(task_id)
+    assert meta is not None and meta.status == states.SUCCESS
+    await connection.close()
+    await receiver.close()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from ._sync import at_exit, run_on_every_loop, run_sync
-from .backends import backend_from_url
+from .backends import backend_class, backend_from_url
 from .backends.base import BackendOptions, ResultBackend
 from .brokers import broker_from_url
 from .brokers.base import Broker, BrokerOptions
@@ -156,9 +156,15 @@ class Celeriac:
 
     @property
     def result_backend_url(self) -> str:
-        if self.conf.result_backend:
-            return self.conf.result_backend
-        scheme = self.broker_url.partition("://")[0]
+        """The result store's URL. None: beside an embedded broker's messages, else
+        SQLite. A bare ``rpc://`` means the RabbitMQ broker's own server and vhost,
+        as in Celery."""
+        backend = self.conf.result_backend
+        scheme = self.broker_url.partition("://")[0].lower()
+        if backend and backend.rstrip("/") == "rpc:" and scheme in ("amqp", "amqps"):
+            return self.broker_url
+        if backend:
+            return backend
         return self.broker_url if scheme in ("sqlite", "memory") else DEFAULT_URL
 
     @property
@@ -167,6 +173,12 @@ class Celeriac:
             accept = list(self.conf.accept_content)
             self._codec = Codec(accept)
         return self._codec
+
+    @property
+    def reply_queue(self) -> str | None:
+        """What this process's tasks carry as ``reply_to``: the queue results come
+        back on, with an ``rpc://`` result store; None with stores that are read."""
+        return backend_class(self.result_backend_url).reply_queue_for(self.result_backend_url)
 
     def broker_options(self) -> BrokerOptions:
         return BrokerOptions(
@@ -331,6 +343,8 @@ class Celeriac:
                 opts.time_limit = task.time_limit
             if opts.soft_time_limit is None:
                 opts.soft_time_limit = task.soft_time_limit
+        if opts.reply_to is None:
+            opts.reply_to = self.reply_queue
         return build_outgoing(
             self.conf,
             self.codec,
@@ -357,6 +371,8 @@ class Celeriac:
         broker = await self.abroker()
         pending = self._pending(batch) if self.conf.result_store_pending else []
         if not pending:
+            if self.reply_queue is not None:
+                await self.abackend()  # the reply queue exists before any reply is sent
             await broker.publish(batch)
             return
         backend = await self.abackend()

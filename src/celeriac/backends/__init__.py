@@ -43,9 +43,14 @@ SCHEMES: dict[str, Callable[[], type[ResultBackend]]] = {
 }
 
 
+def backend_class(url: str) -> type[ResultBackend]:
+    """The result store class for ``url``; a clear error for an unknown or malformed URL."""
+    return class_for_url(url, SCHEMES, "result backend")
+
+
 def backend_from_url(url: str, options: BackendOptions | None = None) -> ResultBackend:
     """The result store for ``url``; a clear error for an unknown or malformed URL."""
-    return class_for_url(url, SCHEMES, "result backend")(url, options)
+    return backend_class(url)(url, options)
 
 
-__all__ = ["SCHEMES", "BackendOptions", "ResultBackend", "backend_from_url"]
+__all__ = ["SCHEMES", "BackendOptions", "ResultBackend", "backend_class", "backend_from_url"]

@@ -96,6 +96,12 @@ class ResultBackend(ABC):
 
     scheme: str = ""
 
+    @classmethod
+    def reply_queue_for(cls, url: str) -> str | None:
+        """What tasks sent by this process carry as ``reply_to`` for a store at ``url``:
+        the queue it receives results on (``rpc://``); None for stores that are read."""
+        return None
+
     storage: str | None = None
     """The database this store writes to, named so that a broker in the same one can
     make its writes (see ``celeriac.shared_storage``); None: no broker can."""
@@ -110,11 +116,15 @@ class ResultBackend(ABC):
     def key_for(task_id: str) -> str:
         return TASK_KEY_PREFIX + task_id
 
-    async def store(self, meta: ResultMeta, *, keep_for: float | None = None) -> None:
+    async def store(
+        self, meta: ResultMeta, *, keep_for: float | None = None, reply_to: str | None = None
+    ) -> None:
         """Store ``meta``; it expires after ``keep_for`` seconds, else ``result_expires``.
 
         Every state expires, as in Celery's Redis layout: a PENDING marker for
         a task that never runs (purged, dead-lettered) must not live forever.
+        ``reply_to`` is the task message's: a store that sends results to
+        their callers (``rpc://``) sends it there; others store it only.
         """
         expires = keep_for if keep_for is not None else self.options.expires
         await self._set(self.key_for(meta.task_id), self._encode(meta), expires)

@@ -1,52 +1,49 @@
-"""The ``rpc://`` result store: results travel as AMQP messages to the callers' own queues.
+"""The ``rpc://`` result store: results travel as AMQP messages to the caller's own queue.
 
 URL: ``rpc://user:password@host:port/vhost`` (RabbitMQ, as the ``amqp://``
 broker; ``rpc://`` alone is ``guest@127.0.0.1:5672``; ``amqp://`` and
 ``amqps://`` URLs mean this store too, so ``backend=`` may repeat the broker
-URL), ``?prefix=`` before every name. Needs ``pip install 'celeriac[amqp]'``.
+URL), ``?prefix=`` before the reply queue's name. Needs
+``pip install 'celeriac[amqp]'``.
 
-As in Celery, nothing is stored on a server: a result is a message, sent once,
-to the reply queues of the clients connected at that moment. So:
+Celery's layout, so Celery clients and workers interoperate with celeriac's:
 
-* a client sees the results stored while it is connected, in this process:
-  ``AsyncResult.get()`` in the process that sent the task works; ``get()``
-  from a process that connected later (or restarted) never sees the result;
-* ``mark_done`` and ``claim`` (chord counting) are per process: a chord whose
-  header tasks run in several worker processes needs a shared store (Redis,
-  PostgreSQL, SQLite);
-* results are kept in this process's memory until they expire.
+* Each client process has one reply queue per URL, named by a random UUID
+  (``?prefix=`` before it): not durable, auto-deleted with its last
+  consumer, ``x-expires`` = ``result_expires``. Every task the process sends
+  carries that name as its ``reply_to`` property (Celery's ``oid``).
+* A worker sends every state it stores for a task (STARTED, SUCCESS,
+  FAILURE, RETRY, REJECTED) to the task's ``reply_to`` through the default
+  exchange, with publisher confirms: a transient message whose body is the
+  result meta (``task_id``, ``status``, ``result``, ``traceback``,
+  ``children``, ...) in the result serializer, ``correlation_id`` = the task
+  id. A task without ``reply_to`` has nowhere to go: its result is kept only
+  in the worker's own process.
+* The client keeps what arrives in process memory (the memory store's
+  table, keyed by URL, so threads and event loops of one process share it)
+  until it expires. A ready state is never replaced by a later-arriving
+  earlier one.
 
-Names (``P`` = the prefix):
-
-``Pceleriac.rpc``, exchange (fanout, durable): every stored state is
-    published to it once, with publisher confirms.
-``Pceleriac.rpc.<uuid>``, queue (exclusive, auto-delete, not durable), one per
-    connected backend: the caller's own reply queue, bound to the exchange;
-    it disappears with the connection. Each message carries ``x-rpc-key``
-    (the result key), ``x-rpc-op`` (``set`` or ``del``), ``x-rpc-expires`` (ms,
-    -1 for none), ``x-rpc-origin`` (the sending process) and ``x-rpc-seq``, and
-    an AMQP ``expiration`` equal to the result's lifetime.
-
-Within a process the backends of one URL share one table (as ``memory://``),
-so threads and event loops see each other's results at once, without a round
-trip; messages from the own process are skipped on arrival. The fan-out (each
-result reaches every connected client) is the price of a store interface that
-does not carry the caller's ``reply_to``; routing by ``reply_to`` (Celery's
-layout, direct reply-to) is the planned refinement.
+As in Celery, nothing is stored on a server: a result is a message, sent once.
+So ``AsyncResult.get()`` works in the process that sent the task, and a
+process that did not send it never sees it; ``mark_done`` and ``claim``
+(chord counting) are per process, so a chord whose header tasks run in
+several worker processes needs a shared store (Redis, PostgreSQL, SQLite).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import logging
 import os
-import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from .. import states
 from ..brokers.amqp import split_url
 from ..brokers.base import redact_url
-from ..errors import BackendError, ConfigurationError
+from ..errors import BackendError, ConfigurationError, SerializationError
+from .base import ResultMeta
 from .memory import MemoryBackend
 
 if TYPE_CHECKING:
@@ -54,17 +51,26 @@ if TYPE_CHECKING:
 
 __all__ = ["RpcBackend"]
 
-EXCHANGE = "celeriac.rpc"
-ORIGIN = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-"""This process, on every message it publishes."""
-_seq = itertools.count(1)
-_applied: dict[tuple[str, str], tuple[str, int]] = {}
-"""(url, key) -> (origin, seq) of the newest remote write applied, to drop older ones."""
-_applied_lock = threading.Lock()
+logger = logging.getLogger("celeriac.backends.rpc")
+
+ORIGIN_HEADER = "x-celeriac-origin"
+"""The sending process, on every result message: a process skips its own."""
+_origin = ""
+_reply_queues: dict[str, str] = {}
+"""URL -> this process's reply queue (both made again after a fork)."""
+
+
+def _this_process() -> str:
+    global _origin
+    pid = str(os.getpid())
+    if not _origin.startswith(pid + "-"):
+        _origin = f"{pid}-{uuid.uuid4().hex[:12]}"
+        _reply_queues.clear()
+    return _origin
 
 
 class RpcBackend(MemoryBackend):
-    """Results fanned out over RabbitMQ to connected clients, kept in process memory."""
+    """Results sent over RabbitMQ to each caller's reply queue, kept in process memory."""
 
     scheme = "rpc"
 
@@ -78,6 +84,15 @@ class RpcBackend(MemoryBackend):
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
 
+    @classmethod
+    def reply_queue_for(cls, url: str) -> str:
+        """This process's reply queue for ``url``: what its tasks carry as ``reply_to``."""
+        _this_process()
+        if url not in _reply_queues:
+            prefix = split_url(url.replace("rpc://", "amqp://", 1))[1].get("prefix", "")
+            _reply_queues[url] = f"{prefix}{uuid.uuid4()}"
+        return _reply_queues[url]
+
     async def connect(self) -> None:
         try:
             import aio_pika
@@ -85,16 +100,19 @@ class RpcBackend(MemoryBackend):
             raise ConfigurationError(
                 "the rpc:// result store needs aio-pika: pip install 'celeriac[amqp]'"
             ) from exc
+        expires = self.options.expires
+        arguments: dict[str, Any] = {}
+        if expires is not None:
+            arguments["x-expires"] = max(1, int(expires * 1000))
         try:
             self._connection = await aio_pika.connect(self._driver_url, timeout=5)
             self._channel = await self._connection.channel(publisher_confirms=True)
-            exchange = await self._channel.declare_exchange(
-                self.prefix + EXCHANGE, "fanout", durable=True
-            )
             queue = await self._channel.declare_queue(
-                f"{self.prefix}{EXCHANGE}.{uuid.uuid4().hex}", exclusive=True, auto_delete=True
+                self.reply_queue_for(self.url),
+                durable=False,
+                auto_delete=True,
+                arguments=arguments,
             )
-            await queue.bind(exchange)
             await queue.consume(self._on_message, no_ack=True)
         except Exception as exc:
             await self.close()
@@ -109,51 +127,43 @@ class RpcBackend(MemoryBackend):
                 await self._connection.close()
         self._connection = self._channel = None
 
-    async def _set(self, key: str, value: bytes, expires: float | None) -> None:
-        await super()._set(key, value, expires)
-        await self._send("set", key, value, expires)
+    async def store(
+        self, meta: ResultMeta, *, keep_for: float | None = None, reply_to: str | None = None
+    ) -> None:
+        await super().store(meta, keep_for=keep_for)
+        if reply_to:
+            await self._send(meta, reply_to)
 
-    async def _delete(self, key: str) -> None:
-        await super()._delete(key)
-        await self._send("del", key, b"", None)
-
-    async def _send(self, op: str, key: str, value: bytes, expires: float | None) -> None:
+    async def _send(self, meta: ResultMeta, reply_to: str) -> None:
         if self._channel is None or self._channel.is_closed:
             raise BackendError(f"the rpc:// result store {redact_url(self.url)} is not connected")
         import aio_pika
 
-        ms = -1 if expires is None else max(1, int(expires * 1000))
         message = aio_pika.Message(
-            value,
-            headers={
-                "x-rpc-key": key,
-                "x-rpc-op": op,
-                "x-rpc-expires": ms,
-                "x-rpc-origin": ORIGIN,
-                "x-rpc-seq": next(_seq),
-            },
-            expiration=None if expires is None else expires,
+            self._encode(meta),
+            content_type=self._content_type,
+            content_encoding="utf-8" if self._content_type.endswith("json") else "binary",
+            correlation_id=meta.task_id,
+            headers={ORIGIN_HEADER: _this_process()},
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
         )
-        exchange = await self._channel.get_exchange(self.prefix + EXCHANGE, ensure=False)
         try:
-            await exchange.publish(message, "")
+            await self._channel.default_exchange.publish(message, routing_key=reply_to)
         except Exception as exc:
             raise BackendError(f"rpc:// result store {redact_url(self.url)}: {exc}") from exc
 
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
-        headers = incoming.headers or {}
-        origin = str(headers.get("x-rpc-origin", ""))
-        if origin == ORIGIN:
+        if (incoming.headers or {}).get(ORIGIN_HEADER) == _this_process():
             return  # stored in this process's table already
-        key = str(headers.get("x-rpc-key", ""))
-        seq = int(headers.get("x-rpc-seq", 0))  # type: ignore[arg-type]
-        with _applied_lock:
-            last = _applied.get((self.url, key))
-            if last is not None and last[0] == origin and last[1] >= seq:
-                return  # another backend of this process applied it, or a newer one
-            _applied[(self.url, key)] = (origin, seq)
-        if headers.get("x-rpc-op") == "del":
-            await MemoryBackend._delete(self, key)
+        try:
+            meta = ResultMeta.from_dict(
+                self._codec.loads(incoming.body, incoming.content_type or self._content_type)
+            )
+        except (SerializationError, KeyError, TypeError, ValueError) as exc:
+            logger.warning("ignored a malformed result message on %s: %s", self.url, exc)
             return
-        ms = int(headers.get("x-rpc-expires", -1))  # type: ignore[arg-type]
-        await MemoryBackend._set(self, key, incoming.body, None if ms < 0 else ms / 1000)
+        if meta.status not in states.READY_STATES:
+            current = await self.get(meta.task_id)
+            if current is not None and current.status in states.READY_STATES:
+                return  # an earlier state arriving late
+        await super().store(meta)

@@ -201,7 +201,7 @@ class TaskConsumer:
             meta = ResultMeta(
                 task_id, states.REJECTED, encode_exception(cause), date_done=utcnow_iso()
             )
-            await backend.store(meta)
+            await backend.store(meta, reply_to=delivery.message.properties.get("reply_to") or None)
         except Exception as store_exc:
             logger.warning("could not record the rejection of %s: %s", task_id, store_exc)
 

@@ -30,7 +30,7 @@ class Results(Middleware):
             meta = ResultMeta(
                 job.id, states.STARTED, {"pid": os.getpid(), "hostname": ctx.hostname}
             )
-            await backend.store(meta)
+            await backend.store(meta, reply_to=job.request.reply_to)
 
     async def after_task(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> Outcome:
         if job.request.ignore_result or outcome.state == states.IGNORED:
@@ -50,7 +50,7 @@ class Results(Middleware):
         if with_ack and meta.status in _WITH_ACK:
             job.ack_writes = backend.store_writes(meta)
         else:
-            await backend.store(meta)
+            await backend.store(meta, reply_to=job.request.reply_to)
 
     def _meta(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> ResultMeta:
         if outcome.state == states.SUCCESS:
