@@ -40,7 +40,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from .. import states
-from ..brokers.amqp import split_url
+from ..brokers.amqp import open_connection, split_url
 from ..brokers.base import redact_url
 from ..errors import BackendError, ConfigurationError, SerializationError
 from .base import ResultMeta
@@ -95,7 +95,7 @@ class RpcBackend(MemoryBackend):
 
     async def connect(self) -> None:
         try:
-            import aio_pika
+            import aio_pika  # noqa: F401 - only to say what is missing, before connecting
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ConfigurationError(
                 "the rpc:// result store needs aio-pika: pip install 'celeriac[amqp]'"
@@ -105,7 +105,7 @@ class RpcBackend(MemoryBackend):
         if expires is not None:
             arguments["x-expires"] = max(1, int(expires * 1000))
         try:
-            self._connection = await aio_pika.connect(self._driver_url, timeout=5)
+            self._connection = await open_connection(self._driver_url)
             self._channel = await self._connection.channel(publisher_confirms=True)
             queue = await self._channel.declare_queue(
                 self.reply_queue_for(self.url),

@@ -1,7 +1,8 @@
 """The RabbitMQ broker (``amqp://``, ``amqps://``) on aio-pika.
 
-URL: ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS; the
-default vhost ``/`` is written ``//`` or left out, as in kombu). Options, in
+URL: ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS, with
+``?cafile=...`` and the other ``DRIVER_OPTIONS``; the default vhost ``/`` is
+written ``//`` or left out, as in kombu). Options, in
 ``broker_transport_options`` or the URL's query (which wins):
 ``queue_type="quorum"`` (quorum queues; default classic), ``prefix="t1."``
 (put before every name celeriac declares; for tests), ``plain_queues``
@@ -83,7 +84,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import orjson
 
@@ -143,6 +144,14 @@ def _properties() -> type[Basic.Properties]:
     return Basic.Properties
 
 
+DRIVER_OPTIONS = frozenset(
+    {"heartbeat", "connection_timeout", "cafile", "capath", "certfile", "keyfile", "no_verify_ssl"}
+)
+"""URL options passed on to aio-pika: heartbeat, and TLS (``amqps://``): the CA to
+trust (``cafile``, ``capath``), a client certificate (``certfile``, ``keyfile``),
+``no_verify_ssl=1`` (not for production)."""
+
+
 def split_url(url: str) -> tuple[str, dict[str, str]]:
     """The URL aio-pika understands (kombu's ``//`` vhost fixed) and celeriac's options."""
     parts = urlsplit(url)
@@ -153,10 +162,24 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     elif path.startswith("//"):
         path = "/" + path[2:].replace("/", "%2F")
     scheme = "amqps" if parts.scheme == "amqps" else "amqp"
-    driver_query = "&".join(
-        f"{k}={v}" for k, v in options.items() if k in ("heartbeat", "connection_timeout")
-    )
+    driver_query = urlencode({k: v for k, v in options.items() if k in DRIVER_OPTIONS})
     return urlunsplit((scheme, parts.netloc, path, driver_query, "")), options
+
+
+async def open_connection(driver_url: str, timeout: float = 5.0) -> AbstractConnection:
+    """aio-pika's ``connect``, closing what it opened when it fails: a failed
+    connection left to the garbage collector schedules its close on a loop that
+    may never run again."""
+    import yarl
+
+    connection: AbstractConnection = _aio_pika().Connection(yarl.URL(driver_url))
+    try:
+        await connection.connect(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await connection.close()
+        raise
+    return connection
 
 
 def unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
@@ -241,8 +264,8 @@ class AmqpBroker(Broker):
             self._publisher = self._admin = None
             self._pool = []
             try:
-                self._connection = await _aio_pika().connect(self._driver_url, timeout=5)
-            except Exception as exc:  # OSError, timeouts, AMQP errors (credentials, vhost)
+                self._connection = await open_connection(self._driver_url)
+            except Exception as exc:  # OSError, TLS, timeouts, AMQP errors (credentials, vhost)
                 raise unavailable(self.url, exc) from exc
             return self._connection
 
