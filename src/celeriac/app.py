@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -127,6 +128,8 @@ class Celeriac:
             asyncio.AbstractEventLoop, _LoopConnections
         ] = weakref.WeakKeyDictionary()
         self._codec: Codec | None = None
+        self._reply_queue: tuple[tuple[str, int], str | None] | None = None
+        """((result store URL, pid), reply queue): see ``reply_queue``."""
         register_builtins(self)
         self._builtins = frozenset(self.tasks)
         for fn, options in _shared_tasks:
@@ -178,7 +181,12 @@ class Celeriac:
     def reply_queue(self) -> str | None:
         """What this process's tasks carry as ``reply_to``: the queue results come
         back on, with an ``rpc://`` result store; None with stores that are read."""
-        return backend_class(self.result_backend_url).reply_queue_for(self.result_backend_url)
+        url = self.result_backend_url
+        known = self._reply_queue
+        if known is None or known[0] != (url, os.getpid()):
+            known = ((url, os.getpid()), backend_class(url).reply_queue_for(url))
+            self._reply_queue = known
+        return known[1]
 
     def broker_options(self) -> BrokerOptions:
         return BrokerOptions(
