@@ -18,6 +18,7 @@ import pytest
 from celeriac import Celeriac
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.amqp import DELAY_PREFIX, AmqpBroker, delay_routing_key
+from celeriac.brokers.amqp_wire import to_properties
 from celeriac.brokers.base import BrokerOptions, Consumer, Delivery
 from celeriac.errors import BrokerError, BrokerUnavailable
 from celeriac.testing import worker_thread
@@ -209,7 +210,7 @@ async def test_a_message_that_arrives_early_goes_round_again(broker: AmqpBroker)
     await broker.declare("q")
     consumer = broker.consumer(["q"], "c")
     message = out(1)
-    properties = broker.to_amqp(message.message, 0, 1, time.time() + 1.0)
+    properties = to_properties(message.message, 0, 1, time.time() + 1.0)
     await broker.send([("", broker.name("q"), message.message.body, properties)])  # no ladder
     assert await consumer.fetch(1, timeout=0.5) == []
     assert (await broker.stats("q")).delayed == 1

@@ -14,7 +14,7 @@ from celeriac import Celeriac, states
 from celeriac.backends import backend_from_url
 from celeriac.backends.base import ResultMeta
 from celeriac.backends.rpc import RpcBackend
-from celeriac.brokers.amqp import split_url
+from celeriac.brokers.amqp_wire import split_url
 from celeriac.errors import BackendError
 from celeriac.testing import WorkerProcess, worker_thread
 

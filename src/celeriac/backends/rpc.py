@@ -40,7 +40,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from .. import states
-from ..brokers.amqp import open_connection, split_url
+from ..brokers.amqp_wire import open_connection, split_url
 from ..brokers.base import redact_url
 from ..errors import BackendError, ConfigurationError, SerializationError
 from .base import ResultMeta

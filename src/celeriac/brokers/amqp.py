@@ -78,19 +78,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import struct
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from ..errors import BrokerError, BrokerUnavailable, ConfigurationError, MessageError
-from ..protocol import Message, Outgoing, parse_timestamp
-from .base import Broker, BrokerOptions, Consumer, DeadLetter, Delivery, QueueStats, redact_url
+from ..errors import BrokerError, ConfigurationError
+from ..protocol import Message, Outgoing
+from .amqp_consumer import AmqpConsumer
+from .amqp_wire import (
+    DEAD_HEADER,
+    from_incoming,
+    open_connection,
+    properties_class,
+    split_url,
+    to_properties,
+    unavailable,
+)
+from .base import Broker, BrokerOptions, DeadLetter, QueueStats, redact_url
 
 if TYPE_CHECKING:
     from aio_pika.abc import (
@@ -101,7 +109,7 @@ if TYPE_CHECKING:
     )
     from pamqp.commands import Basic
 
-__all__ = ["AmqpBroker", "AmqpConsumer"]
+__all__ = ["AmqpBroker", "AmqpConsumer", "delay_routing_key"]
 
 T = TypeVar("T")
 Send = tuple[str, str, bytes, "Basic.Properties"]
@@ -115,96 +123,11 @@ DEAD_QUEUE = "celeriac.dead"
 MAX_PRIORITY = 10
 POOL_CHANNELS = 8
 """Channels that declare and count a queue's delay queues at once."""
-COUNT_HEADER = "x-celeriac-deliveries"
-NOT_BEFORE_HEADER = "x-celeriac-not-before"
-PROPERTIES_HEADER = "x-celeriac-properties"
-DEAD_HEADER = "x-celeriac-dead"
-HEADERS_HEADER = "x-celeriac-headers"
-"""JSON of the headers, sent too when AMQP would round a float (pamqp sends 32-bit floats)."""
-_NATIVE_PROPERTIES = frozenset({"correlation_id", "reply_to", "priority", "delivery_mode"})
-_RABBIT_HEADERS = ("x-death", "x-delivery-count")
-_RABBIT_PREFIXES = ("x-first-death-", "x-last-death-", "x-celeriac-")
-START_HINT = "start it with `rabbitmq-server -detached` (or `docker run -p 5672:5672 rabbitmq`)"
-
-
-def _aio_pika() -> Any:
-    try:
-        import aio_pika
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigurationError(
-            "the amqp:// broker needs aio-pika: pip install 'celeriac[amqp]'"
-        ) from exc
-    return aio_pika
-
-
-def _properties() -> type[Basic.Properties]:
-    _aio_pika()  # the friendly error if the driver is missing
-    from pamqp.commands import Basic
-
-    return Basic.Properties
-
-
-DRIVER_OPTIONS = frozenset(
-    {"heartbeat", "connection_timeout", "cafile", "capath", "certfile", "keyfile", "no_verify_ssl"}
-)
-"""URL options passed on to aio-pika: heartbeat, and TLS (``amqps://``): the CA to
-trust (``cafile``, ``capath``), a client certificate (``certfile``, ``keyfile``),
-``no_verify_ssl=1`` (not for production)."""
-
-
-def split_url(url: str) -> tuple[str, dict[str, str]]:
-    """The URL aio-pika understands (kombu's ``//`` vhost fixed) and celeriac's options."""
-    parts = urlsplit(url)
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    path = parts.path
-    if path in ("", "/", "//"):
-        path = "/"
-    elif path.startswith("//"):
-        path = "/" + path[2:].replace("/", "%2F")
-    scheme = "amqps" if parts.scheme == "amqps" else "amqp"
-    driver_query = urlencode({k: v for k, v in options.items() if k in DRIVER_OPTIONS})
-    return urlunsplit((scheme, parts.netloc, path, driver_query, "")), options
-
-
-async def open_connection(driver_url: str, timeout: float = 5.0) -> AbstractConnection:
-    """aio-pika's ``connect``, closing what it opened when it fails: a failed
-    connection left to the garbage collector schedules its close on a loop that
-    may never run again."""
-    import yarl
-
-    connection: AbstractConnection = _aio_pika().Connection(yarl.URL(driver_url))
-    try:
-        await connection.connect(timeout=timeout)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await connection.close()
-        raise
-    return connection
-
-
-def unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
-    return BrokerUnavailable(f"cannot reach RabbitMQ at {redact_url(url)} ({exc}); {START_HINT}")
 
 
 def delay_routing_key(delay_ms: int, queue: str) -> str:
     bits = ".".join(str((delay_ms >> i) & 1) for i in reversed(range(DELAY_LEVELS)))
     return f"{bits}.{queue}"
-
-
-def _lossy(value: Any) -> bool:
-    """True if AMQP's field table would not give ``value`` back exactly."""
-    if isinstance(value, float):
-        rounded: float = struct.unpack("f", struct.pack("f", value))[0]
-        return rounded != value
-    if isinstance(value, dict):
-        return any(_lossy(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_lossy(v) for v in value)
-    return False
-
-
-def _is_ours(name: str) -> bool:
-    return name in _RABBIT_HEADERS or name.startswith(_RABBIT_PREFIXES)
 
 
 class AmqpBroker(Broker):
@@ -421,7 +344,7 @@ class AmqpBroker(Broker):
         top = self.name(f"{DELAY_PREFIX}{DELAY_LEVELS - 1}")
         for i, o in enumerate(batch):
             n = count.get(i, 1) if count else 1
-            properties = self.to_amqp(o.message, o.priority, n, o.not_before)
+            properties = to_properties(o.message, o.priority, n, o.not_before)
             if o.not_before is not None and o.not_before > now:
                 delay_ms = min(math.ceil((o.not_before - now) * 1000), 2**DELAY_LEVELS - 1)
                 key = delay_routing_key(delay_ms, o.queue)
@@ -445,62 +368,6 @@ class AmqpBroker(Broker):
                 raise result
             if type(result).__name__ != "Ack":
                 raise BrokerError(f"RabbitMQ did not confirm a publish: {result!r}")
-
-    def to_amqp(
-        self, message: Message, priority: int, count: int, not_before: float | None
-    ) -> Basic.Properties:
-        """The AMQP properties (headers included) that carry ``message`` unchanged."""
-        headers: dict[str, Any] = dict(message.headers)
-        props = message.properties
-        if count != 1:
-            headers[COUNT_HEADER] = count
-        if not_before is not None:
-            headers[NOT_BEFORE_HEADER] = math.ceil(not_before * 1000)
-        if _lossy(message.headers):
-            headers[HEADERS_HEADER] = orjson.dumps(dict(message.headers)).decode()
-        if not props.keys() <= _NATIVE_PROPERTIES or props.get("delivery_mode") != 2:
-            headers[PROPERTIES_HEADER] = orjson.dumps(dict(props)).decode()
-        reply_to = props.get("reply_to")
-        correlation_id = props.get("correlation_id")
-        built: Basic.Properties = _properties()(
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=2,
-            priority=priority,
-            correlation_id=str(correlation_id) if correlation_id is not None else None,
-            reply_to=str(reply_to) if reply_to is not None else None,
-        )
-        return built
-
-    @staticmethod
-    def from_amqp(incoming: AbstractIncomingMessage) -> tuple[Message, dict[str, Any]]:
-        """The celeriac message, and celeriac's/RabbitMQ's own headers apart."""
-        raw = dict(incoming.headers or {})
-        ours = {k: v for k, v in raw.items() if _is_ours(k)}
-        exact = ours.get(HEADERS_HEADER)
-        if exact is not None:
-            headers: dict[str, Any] = orjson.loads(str(exact))
-        else:
-            headers = {k: v for k, v in raw.items() if not _is_ours(k)}
-        packed = ours.get(PROPERTIES_HEADER)
-        if packed is not None:
-            properties: dict[str, Any] = orjson.loads(str(packed))
-        else:
-            properties = {
-                "correlation_id": incoming.correlation_id,
-                "reply_to": incoming.reply_to or "",
-                "delivery_mode": int(incoming.delivery_mode or 2),
-                "priority": incoming.priority or 0,
-            }
-        message = Message(
-            headers,
-            incoming.body,
-            incoming.content_type or "application/json",
-            incoming.content_encoding or "utf-8",
-            properties,
-        )
-        return message, ours
 
     # -- consuming -------------------------------------------------------------
     def consumer(self, queues: Sequence[str], name: str) -> AmqpConsumer:
@@ -551,9 +418,9 @@ class AmqpBroker(Broker):
             "id": uuid.uuid4().hex,
         }
         if message is not None:
-            properties = self.to_amqp(message, message.priority, 1, None)
+            properties = to_properties(message, message.priority, 1, None)
         else:
-            properties = _properties()(headers={}, delivery_mode=2)
+            properties = properties_class()(headers={}, delivery_mode=2)
         assert properties.headers is not None
         properties.headers[DEAD_HEADER] = orjson.dumps({**info, "raw": message is None}).decode()
         await self._dead_queue(await self._admin_channel())
@@ -575,7 +442,7 @@ class AmqpBroker(Broker):
         return channel, found
 
     def _dead_letter_of(self, incoming: AbstractIncomingMessage) -> DeadLetter:
-        message, ours = self.from_amqp(incoming)
+        message, ours = from_incoming(incoming)
         packed = ours.get(DEAD_HEADER)
         info: dict[str, Any] = orjson.loads(str(packed)) if packed else {}
         if not info:  # dead-lettered by RabbitMQ itself (quorum delivery limit)
@@ -627,262 +494,3 @@ class AmqpBroker(Broker):
             with contextlib.suppress(Exception):
                 await channel.close()
         return done
-
-
-class AmqpConsumer(Consumer):
-    """Deliveries pushed by ``basic_consume`` into a buffer; prefetch follows ``limit``."""
-
-    broker: AmqpBroker
-
-    def __init__(self, broker: AmqpBroker, queues: Sequence[str], name: str):
-        super().__init__(broker, queues, name)
-        self._channel: AbstractChannel | None = None
-        self._buffer: deque[AbstractIncomingMessage] = deque()
-        self._arrived = asyncio.Event()
-        self._prefetch = 0
-        self._unacked: dict[int, str] = {}
-        """id(incoming message) -> queue, for every unacked delivery on the channel."""
-        self._tags: dict[str, str] = {}
-        """consumer tag -> queue ("" once cancelled)."""
-        self._cancelled: dict[str, str] = {}
-        self._global_qos = broker.queue_type == "classic"
-        """Quorum queues refuse a channel-wide prefetch; theirs is per consumer."""
-
-    async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
-        tag = incoming.consumer_tag or ""
-        queue = self._tags.get(tag) or self._cancelled.get(tag) or self.queues[0]
-        self._unacked[id(incoming)] = queue
-        self.broker.reserved[queue] += 1
-        self._buffer.append(incoming)
-        self._arrived.set()
-
-    def _queue_of(self, incoming: AbstractIncomingMessage) -> str:
-        return self._unacked.get(id(incoming)) or self.queues[0]
-
-    async def _open(self, limit: int) -> AbstractChannel:
-        if self._channel is not None and not self._channel.is_closed:
-            return self._channel
-        if self._channel is not None:
-            self._forget_channel()
-            raise BrokerError(f"lost the channel to RabbitMQ at {redact_url(self.broker.url)}")
-        try:
-            for queue in self.queues:
-                await self.broker.declare(queue)
-            channel = await self.broker.channel()
-            await channel.set_qos(prefetch_count=limit, global_=self._global_qos)
-            self._prefetch = limit
-            channel.close_callbacks.add(lambda *_: self._arrived.set())
-            await self._consume(channel)
-        except BrokerError:
-            raise
-        except Exception as exc:
-            raise unavailable(self.broker.url, exc) from exc
-        self._channel = channel
-        return channel
-
-    async def _consume(self, channel: AbstractChannel) -> None:
-        """(Re)start consuming every queue; old tags stay known for deliveries in flight."""
-        raw = await channel.get_underlay_channel()
-        for tag, queue in list(self._tags.items()):
-            if queue:
-                await raw.basic_cancel(tag)
-                self._tags[tag] = ""  # cancelled; its in-flight deliveries still map below
-                self._cancelled[tag] = queue
-        for queue in self.queues:
-            amqp_queue = await channel.get_queue(self.broker.name(queue), ensure=False)
-            self._tags[await amqp_queue.consume(self._on_message)] = queue
-
-    def _forget_channel(self) -> None:
-        """RabbitMQ put back everything unacked on a closed channel: forget it."""
-        for queue in self._unacked.values():
-            self.broker.reserved[queue] -= 1
-        self._unacked.clear()
-        self._buffer.clear()
-        self._tags.clear()
-        self._cancelled.clear()
-        self._channel = None
-
-    async def _fetch(self, limit: int, timeout: float) -> list[Delivery]:
-        try:
-            fresh = self._channel is None
-            channel = await self._open(limit)
-            want = len(self._unacked) - len(self._buffer) + limit
-            fresh = fresh or want > self._prefetch
-            if want > self._prefetch:
-                await channel.set_qos(prefetch_count=want, global_=self._global_qos)
-                self._prefetch = want
-                if not self._global_qos:  # a per-consumer limit binds new consumers only
-                    await self._consume(channel)
-            return await self._take(limit, timeout, settle=fresh)
-        except BrokerError:
-            raise
-        except Exception as exc:
-            self._forget_channel()
-            raise BrokerError(f"RabbitMQ at {redact_url(self.broker.url)}: {exc}") from exc
-
-    async def _take(self, limit: int, timeout: float, *, settle: bool) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        out: list[Delivery] = []
-        while not out:
-            if not self._buffer:
-                if self._channel is None or self._channel.is_closed:
-                    raise BrokerError(
-                        f"lost the channel to RabbitMQ at {redact_url(self.broker.url)}"
-                    )
-                self._arrived.clear()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return out
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self._arrived.wait()
-                except TimeoutError:
-                    return out
-            if settle:  # prefetch just grew: let the burst land, in priority order
-                settle = False
-                await self._settle_burst(limit)
-            while self._buffer and len(out) < limit:
-                delivery = await self._admit(self._buffer.popleft())
-                if delivery is not None:
-                    out.append(delivery)
-        return out
-
-    async def _settle_burst(self, limit: int) -> None:
-        """Wait while deliveries keep landing (a few ms), up to ``limit`` of them."""
-        for _ in range(10):
-            before = len(self._buffer)
-            if before >= limit:
-                return
-            await asyncio.sleep(0.003)
-            if len(self._buffer) == before:
-                return
-
-    @staticmethod
-    def _due(message: Message, ours: dict[str, Any]) -> float | None:
-        """When the message may run: our header, else the ``eta`` a Celery client sent.
-
-        Celery clients publish eta/countdown tasks straight into the queue (a
-        Celery worker holds them in memory); here they go into the ladder.
-        """
-        not_before = ours.get(NOT_BEFORE_HEADER)
-        if isinstance(not_before, int):
-            return not_before / 1000
-        eta = message.headers.get("eta")
-        if eta is None:
-            return None
-        with contextlib.suppress(MessageError):  # the worker rejects a malformed eta
-            return parse_timestamp(eta)
-        return None
-
-    async def _admit(self, incoming: AbstractIncomingMessage) -> Delivery | None:
-        message, ours = self.broker.from_amqp(incoming)
-        queue = self._queue_of(incoming)
-        count = int(ours.get(COUNT_HEADER, 1))
-        if "x-delivery-count" in ours:  # quorum: RabbitMQ counts returned deliveries
-            count += int(ours["x-delivery-count"])
-            return Delivery(message, queue, count, incoming)
-        due = self._due(message, ours)
-        if due is not None and due > time.time():
-            await self._republish(incoming, message, queue, count, due)
-            return None
-        if incoming.redelivered:
-            count += 1
-            if count <= self.options.max_deliveries:
-                await self._republish(incoming, message, queue, count, None)
-                return None
-        return Delivery(message, queue, count, incoming)
-
-    async def _republish(
-        self,
-        incoming: AbstractIncomingMessage,
-        message: Message,
-        queue: str,
-        count: int,
-        not_before: float | None,
-    ) -> None:
-        outgoing = Outgoing(queue, message, message.priority, not_before)
-        await self.broker._publish_all([outgoing], {0: count})
-        await self._settle(incoming)
-
-    async def _settle(self, incoming: AbstractIncomingMessage) -> None:
-        queue = self._unacked.pop(id(incoming), None)
-        if queue is None:
-            return  # its channel is gone: RabbitMQ has put it back already
-        self.broker.reserved[queue] -= 1
-        with contextlib.suppress(Exception):
-            await incoming.ack()
-
-    async def _ack(self, deliveries: Sequence[Delivery]) -> None:
-        for d in deliveries:
-            await self._settle(d.tag)
-
-    async def _release(
-        self, deliveries: Sequence[Delivery], not_before: float | None, *, uncount: bool
-    ) -> None:
-        live = [d for d in deliveries if id(d.tag) in self._unacked]
-        if not live:
-            return
-        batch = [Outgoing(d.queue, d.message, d.message.priority, not_before) for d in live]
-        counts = {
-            i: d.delivery_count if uncount else d.delivery_count + 1 for i, d in enumerate(live)
-        }
-        await self.broker._publish_all(batch, counts)
-        for d in live:
-            await self._settle(d.tag)
-
-    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
-        message = delivery.message
-        await self.broker.publish_dead(
-            delivery.queue, message, b"", reason, delivery.delivery_count
-        )
-        await self._settle(delivery.tag)
-
-    async def _heartbeat(self) -> None:
-        """Leases need no renewal (unacked deliveries stay ours); check the channel."""
-        if self._channel is not None and self._channel.is_closed:
-            raise BrokerError(f"lost the channel to RabbitMQ at {redact_url(self.broker.url)}")
-
-    def abandon(self) -> None:
-        """Die as a worker would: the channel closes after ``lease_timeout``, returning all."""
-        super().abandon()
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            loop = asyncio.get_running_loop()
-            loop.call_later(self.options.lease_timeout, lambda: loop.create_task(_close(channel)))
-        for queue in self._unacked.values():
-            self.broker.reserved[queue] -= 1
-        self._unacked.clear()
-        self._buffer.clear()
-
-    async def close(self) -> None:
-        """Stop the deliveries first, so what is handed back cannot come straight back."""
-        channel = self._channel
-        if channel is not None and not channel.is_closed and not self._closed:
-            with contextlib.suppress(Exception):
-                for tag, queue in list(self._tags.items()):
-                    if queue:
-                        await (await channel.get_underlay_channel()).basic_cancel(tag)
-        await super().close()
-
-    async def _close(self) -> None:
-        channel = self._channel
-        if channel is None or channel.is_closed:
-            self._forget_channel()
-            return
-        # Deliveries that arrived but were never handed out go back uncounted.
-        with contextlib.suppress(Exception):
-            buffered = list(self._buffer)
-            self._buffer.clear()
-            for incoming in buffered:
-                message, ours = self.broker.from_amqp(incoming)
-                queue = self._queue_of(incoming)
-                count = int(ours.get(COUNT_HEADER, 1))
-                await self._republish(incoming, message, queue, count, None)
-        with contextlib.suppress(Exception):
-            await channel.close()
-        self._forget_channel()
-
-
-async def _close(channel: AbstractChannel) -> None:
-    with contextlib.suppress(Exception):
-        await channel.close()
