@@ -84,6 +84,7 @@ import orjson
 from ..errors import BrokerError, BrokerUnavailable, ConfigurationError, SerializationError
 from ..protocol import Message, Outgoing, encode_envelope
 from ..redis_url import driver_errors, open_pool, storage_name
+from ..redis_writes import WRITES_FROM, write_args
 from ..shared_storage import StorageWrite
 from .base import Broker, BrokerOptions, Consumer, DeadLetter, Delivery, QueueStats, redact_url
 
@@ -109,7 +110,9 @@ DEAD_PAGE = 500
 PUBLISH_CHUNK = 5000
 """Messages per publish script call: bounds how long one call holds Redis."""
 
-SCRIPT = importlib.resources.files(__package__).joinpath("redis_broker.lua").read_text("utf-8")
+SCRIPT = WRITES_FROM + importlib.resources.files(__package__).joinpath(
+    "redis_broker.lua"
+).read_text("utf-8")
 
 Tag = tuple[str, bytes, int, bytes, bytes]
 """A delivery's handle: stream key, entry id, priority, ``h`` and ``b`` as stored."""
@@ -191,7 +194,7 @@ class RedisConsumer(Consumer):
     ) -> list[Delivery]:
         """Buffered acks (and writes) travel in the fetch's own Lua call: one round trip."""
         deadline = time.monotonic() + timeout
-        ack_args = [*_write_args(writes), *self._ack_args(acks)]
+        ack_args = [*write_args(writes), *self._ack_args(acks)]
         while True:
             deliveries, due_in, wake_ids = await self._take(limit, ack_args)
             ack_args = []
@@ -343,7 +346,7 @@ class RedisBroker(Broker):
         keys = self._keys
         for start in range(0, len(batch), PUBLISH_CHUNK):
             names: dict[str, int] = {}
-            args: list[Any] = ["publish", *_write_args(writes if start == 0 else ())]
+            args: list[Any] = ["publish", *write_args(writes if start == 0 else ())]
             for o in batch[start : start + PUBLISH_CHUNK]:
                 if o.not_before is not None and o.not_before > now:
                     name = keys.delayed(o.queue)
@@ -429,14 +432,6 @@ class RedisBroker(Broker):
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         """redis-py's exceptions as celeriac's, naming the URL (password hidden)."""
         return driver_errors("Redis broker", self.url, BrokerUnavailable, BrokerError)
-
-
-def _write_args(writes: Sequence[StorageWrite]) -> list[Any]:
-    """A result store's writes as the script reads them (``writes_from``)."""
-    args: list[Any] = []
-    for write in writes:
-        args += ["w", len(write.args), write.statement, *write.args]
-    return args
 
 
 def _dead_letter(entry_id: str, fields: dict[bytes, bytes]) -> DeadLetter:

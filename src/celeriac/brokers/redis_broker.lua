@@ -18,6 +18,8 @@
 --
 -- Every time below is the server's clock (TIME), so leases need no clock sync
 -- between workers. Only fetch moves delayed messages and claims lapsed leases.
+-- `writes_from` (a result store's writes) comes from celeriac/redis_writes.py,
+-- put before this file's text.
 
 local cmd = ARGV[1]
 local KEYS_PER_QUEUE = 12 -- consumers, delayed, then the streams of priority 0..9
@@ -128,17 +130,6 @@ local function ack_from(at, group)
     redis.call('XACK', stream, group, unpack(ids))
     redis.call('XDEL', stream, unpack(ids))
     at = at + 2 + n
-  end
-  return at
-end
-
--- A result store's writes (celeriac.shared_storage) from ARGV[at]: each 'w',
--- argument count, command, arguments. Returns the index after the last.
-local function writes_from(at)
-  while ARGV[at] == 'w' do
-    local count = tonumber(ARGV[at + 1])
-    redis.call(unpack(ARGV, at + 2, at + 2 + count))
-    at = at + 3 + count
   end
   return at
 end
