@@ -18,7 +18,6 @@ from celeriac.backends import BackendOptions, backend_from_url
 from celeriac.backends.base import ResultMeta
 from celeriac.backends.redis import RedisBackend
 from celeriac.errors import BackendError
-from celeriac.redis_url import open_pool
 
 from .services import redis_url
 
@@ -35,14 +34,6 @@ async def backend(url: str) -> AsyncIterator[RedisBackend]:
     await backend.connect()
     yield backend
     await backend.close()
-
-
-@pytest.fixture
-async def raw(url: str) -> AsyncIterator[aioredis.Redis]:
-    pool, _ = open_pool(url)
-    client = aioredis.Redis(connection_pool=pool)
-    yield client
-    await client.aclose(close_connection_pool=True)
 
 
 @pytest.fixture

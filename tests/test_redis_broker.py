@@ -52,15 +52,6 @@ async def broker(url: str) -> AsyncIterator[RedisBroker]:
     await broker.close()
 
 
-@pytest.fixture
-async def raw(url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain client on the test's database, for looking at the keys."""
-    pool, _ = open_pool(url)
-    client = aioredis.Redis(connection_pool=pool)
-    yield client
-    await client.aclose(close_connection_pool=True)
-
-
 def key(broker: RedisBroker, name: str) -> str:
     return broker._keys.prefix + name
 
