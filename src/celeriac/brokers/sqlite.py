@@ -249,8 +249,13 @@ class _Insert:
 
     def insert(self, db: sqlite3.Connection) -> None:
         db.executemany(INSERT, self.rows).close()
-        for write in self.writes:
-            db.executemany(write.statement, write.args).close()
+        _make_writes(db, self.writes)
+
+
+def _make_writes(db: sqlite3.Connection, writes: Sequence[StorageWrite]) -> None:
+    """A result store's writes (``celeriac.shared_storage``), in the caller's transaction."""
+    for write in writes:
+        db.executemany(write.statement, write.args).close()
 
 
 _Job = tuple["asyncio.Future[Any]", Callable[[sqlite3.Connection], Any] | None]
@@ -291,7 +296,7 @@ class _Connection:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._busy = threading.Lock()
-        """Held while a thread uses the connection: its own thread, or a caller (``run_here``)."""
+        """Held while a thread uses the connection: its own thread, or a caller (``run``)."""
 
     def submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         if self._thread is None:
@@ -613,8 +618,7 @@ class SQLiteConsumer(Consumer):
 
     def _settle(self, db: sqlite3.Connection, ids: bytes, writes: Sequence[StorageWrite]) -> None:
         """A result store's writes, then the acks (inside the caller's transaction)."""
-        for write in writes:
-            db.executemany(write.statement, write.args).close()
+        _make_writes(db, writes)
         db.execute(ACK, (self._owner, ids)).close()
 
     async def _release(
