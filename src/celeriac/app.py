@@ -31,6 +31,7 @@ from .result import AsyncResult
 from .sending import SendOptions, build_outgoing
 from .serialization import Codec
 from .settings import Settings
+from .shared_storage import same_storage
 from .sqlite_url import DEFAULT_URL
 from .task import AsyncTask, Task
 
@@ -384,7 +385,7 @@ class Celeriac:
             await broker.publish(batch)
             return
         backend = await self.abackend()
-        if broker.storage is not None and broker.storage == backend.storage:
+        if same_storage(broker.storage, backend.storage):
             await broker.publish(batch, writes=backend.pending_writes(pending))
             return
         # The marker first: a store that answers at once (SQLite on the loop)

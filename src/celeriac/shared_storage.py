@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["StorageWrite"]
+__all__ = ["StorageWrite", "same_storage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,3 +29,8 @@ class StorageWrite:
 
     statement: str
     args: Sequence[Any]
+
+
+def same_storage(broker: str | None, store: str | None) -> bool:
+    """Whether a broker and a result store with these ``storage`` names share a database."""
+    return broker is not None and broker == store

@@ -9,6 +9,7 @@ from ...backends.base import ResultBackend, ResultMeta, utcnow_iso
 from ...errors import SerializationError
 from ...exception_codec import encode_exception
 from ...execution import Outcome
+from ...shared_storage import same_storage
 from ..context import WorkerContext
 from ..job import Job
 from .base import Middleware
@@ -91,4 +92,4 @@ def _goes_on(job: Job) -> bool:
 
 async def _shares(ctx: WorkerContext, backend: ResultBackend) -> bool:
     broker = await ctx.app.abroker()
-    return broker.storage is not None and broker.storage == backend.storage
+    return same_storage(broker.storage, backend.storage)
