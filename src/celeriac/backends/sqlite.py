@@ -258,9 +258,9 @@ class SQLiteBackend(ResultBackend):
 
         Looks at ``data_version`` (``celeriac.polling.Backoff``, up to every
         ``_WATCH_INTERVAL``); only when it moved (or a waiter just registered)
-        one query for all the waited keys. Right here
-        on the loop: a look costs a few microseconds, less than a thread hop,
-        and readers of a WAL database do not wait for writers.
+        one query for all the waited keys. Right here on the loop: a look
+        costs a few microseconds, less than a thread hop, and readers of a WAL
+        database do not wait for writers.
         """
         data_version = -1
         backoff = Backoff(_WATCH_INTERVAL)
@@ -269,11 +269,12 @@ class SQLiteBackend(ResultBackend):
             keys, force, self._recheck = list(self._waiters), self._recheck, False
             if force:
                 backoff.reset()
+            if self._fast is None:  # closed: they read next and meet the error themselves
+                self._wake_all()
+                return
             try:
-                if self._fast is None:
-                    raise BackendError(f"result store {self.url} is closed")
                 data_version, rows = _look(self._fast, data_version, force, keys)
-            except (sqlite3.Error, BackendError) as exc:
+            except sqlite3.Error as exc:
                 if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
                     continue  # a moment of recovery: look again next round
                 self._wake_all()
