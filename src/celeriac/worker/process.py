@@ -1,9 +1,23 @@
 """One worker process: an event loop running a TaskConsumer, with signal handling.
 
 Used as the body of each process-pool child and, for the thread, async and
-solo pools, as the whole worker. SIGTERM (and SIGINT where this process owns
-the terminal) starts a warm shutdown; a second one, or SIGQUIT, is a cold
-shutdown: the process exits at once and its unacked tasks are delivered again.
+solo pools, as the whole worker.
+
+* The whole worker (``child=False``): SIGTERM or SIGINT starts a warm
+  shutdown; a second one, or SIGQUIT, is a cold shutdown: the process exits
+  at once and its unacked tasks are delivered again.
+* A child: only the supervisor counts the user's signals. SIGTERM, however
+  often it comes, means warm shutdown: a SIGTERM sent to the whole process
+  group (systemd, ``kill -TERM -PGID``) reaches the child directly as well as
+  forwarded by the supervisor, in either order. SIGINT (Ctrl-C reaches the
+  whole group too) is ignored; SIGQUIT, which the supervisor sends on the
+  user's second signal, is the cold shutdown.
+
+``SHUTDOWN_SIGNALS`` are blocked until the event loop runs with the handlers
+installed (the supervisor forks children with them blocked), so a signal that
+comes earlier waits for the handlers instead of meeting the supervisor's, the
+default action, or a loop that is not yet reading its signals (uvloop reads
+them only while running).
 """
 
 from __future__ import annotations
@@ -23,6 +37,9 @@ if TYPE_CHECKING:
     from ..app import Celeriac
 
 logger = logging.getLogger("celeriac.worker")
+
+SHUTDOWN_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+"""Blocked until the loop runs with their handlers (from before the fork, in a child)."""
 
 
 def build_consumer(
@@ -55,40 +72,52 @@ def run_process(
     on_deadline: Callable[[float], None] | None = None,
 ) -> int:
     """Run one consuming process until it stops; return its exit code."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)  # until _run unblocks them
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     consumer = build_consumer(app, config, child=child, on_deadline=on_deadline)
+    signals = 0
+
+    def warm(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        name = signal.Signals(signum).name
+        if signals == 1:
+            logger.info("warm shutdown (%s)", name)
+            consumer.request_stop(f"signal {name}")
+        elif not child:  # the user's second signal
+            cold(signum)
+        # A child's repeated SIGTERM is the same request: the group's and the supervisor's.
+
+    def cold(signum: int) -> None:
+        logger.warning(
+            "cold shutdown (%s): unacknowledged tasks will be delivered again",
+            signal.Signals(signum).name,
+        )
+        os._exit(1)
+
     warm_signals = [signal.SIGTERM] if child else [signal.SIGTERM, signal.SIGINT]
     if child:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides for its children
-    state = {"signals": 0}
-
-    def on_signal(signum: int) -> None:
-        state["signals"] += 1
-        if state["signals"] > 1:
-            logger.warning(
-                "cold shutdown (%s): unacknowledged tasks will be delivered again",
-                signal.Signals(signum).name,
-            )
-            os._exit(1)
-        logger.info("warm shutdown (%s)", signal.Signals(signum).name)
-        consumer.request_stop(f"signal {signal.Signals(signum).name}")
-
     for signum in warm_signals:
-        loop.add_signal_handler(signum, on_signal, signum)
-    loop.add_signal_handler(signal.SIGQUIT, lambda: os._exit(1))
+        loop.add_signal_handler(signum, warm, signum)
+    loop.add_signal_handler(signal.SIGQUIT, cold, signal.SIGQUIT)
     if not child:
         logger.info("%s ready: consuming %s", config.hostname, ", ".join(config.queues))
     try:
         reason = loop.run_until_complete(_run(app, consumer))
     finally:
-        for signum in (*warm_signals, signal.SIGQUIT):
-            loop.remove_signal_handler(signum)
+        # A child keeps its handlers until it exits: a late SIGTERM (the group's,
+        # after the work is done) must not kill it by the default action.
+        if not child:
+            for signum in (*warm_signals, signal.SIGQUIT):
+                loop.remove_signal_handler(signum)
     logger.info("worker process %d stopped: %s", os.getpid(), reason)
     return 0
 
 
 async def _run(app: Celeriac, consumer: TaskConsumer) -> str:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)  # the loop is running now
     try:
         return await consumer.run()
     finally:

@@ -9,8 +9,16 @@ event loop; no task passes through the supervisor. The supervisor
 * SIGKILLs a child still busy past its task's hard time limit plus a grace
   period (children publish their deadline in shared memory);
 * on SIGTERM/SIGINT asks every child for a warm shutdown (SIGTERM), and on a
-  second signal for a cold one (SIGQUIT), SIGKILLing what is left after the
-  shutdown timeout.
+  second signal, or SIGQUIT, for a cold one (SIGQUIT), SIGKILLing what is left
+  after the shutdown timeout.
+
+Only the supervisor counts the user's signals. A signal sent to the whole
+process group (systemd's ``KillMode=control-group``, Ctrl-C) reaches it once,
+so it counts once; a child may get that SIGTERM directly as well as forwarded,
+and takes any number of SIGTERMs as one warm shutdown (``process.py``).
+Children are forked with the shutdown signals blocked, and none is forked once
+shutdown has begun, so each child either receives the forwarded SIGTERM or is
+never started.
 
 The supervisor starts no threads and opens no connections, so forking is safe.
 """
@@ -24,10 +32,10 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import WorkerConfig
-from .process import run_process
+from .process import SHUTDOWN_SIGNALS, run_process
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -63,8 +71,8 @@ class Supervisor:
         }
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        for signum in SHUTDOWN_SIGNALS:
+            signal.signal(signum, self._on_signal)
         for index in range(self.config.processes):
             self._spawn(index)
         logger.info("%s ready: %d process(es)", self.config.hostname, len(self.children))
@@ -83,7 +91,7 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._signals += 1
-        if self._signals == 1:
+        if self._signals == 1 and signum != signal.SIGQUIT:
             logger.info(
                 "warm shutdown: finishing running tasks (up to %ss); signal again to stop now",
                 self.config.shutdown_timeout,
@@ -99,21 +107,31 @@ class Supervisor:
                 os.kill(child.pid, signum)
 
     def _spawn(self, index: int) -> None:
-        self._deadlines[index] = 0.0
-        pid = os.fork()
-        if pid == 0:  # the child
-            code = 1
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                code = run_process(
-                    self.app, self.config, child=True, on_deadline=self._publisher(index)
-                )
-            except BaseException:
-                logger.exception("worker child %d crashed", os.getpid())
-            finally:
-                os._exit(code)
-        self.children[pid] = Child(index, pid, time.monotonic())
-        logger.debug("started child %d (pid %d)", index, pid)
+        # Blocked across the fork: the child unblocks them once its loop runs with its
+        # own handlers, and here a signal waits until the child is in self.children.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
+        try:
+            if self._signals:  # shutting down: a new child would never be told
+                return
+            self._deadlines[index] = 0.0
+            pid = os.fork()
+            if pid == 0:  # the child
+                self._run_child(index)
+            self.children[pid] = Child(index, pid, time.monotonic())
+            logger.debug("started child %d (pid %d)", index, pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)
+
+    def _run_child(self, index: int) -> NoReturn:
+        code = 1
+        try:
+            code = run_process(
+                self.app, self.config, child=True, on_deadline=self._publisher(index)
+            )
+        except BaseException:
+            logger.exception("worker child %d crashed", os.getpid())
+        finally:
+            os._exit(code)
 
     def _publisher(self, index: int) -> Any:
         deadlines = self._deadlines
