@@ -70,6 +70,24 @@ class Message:
     content_encoding: str = "utf-8"
     properties: Mapping[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def checked(
+        cls,
+        headers: Any,
+        body: Any,
+        content_type: Any,
+        content_encoding: Any,
+        properties: Any,
+    ) -> Message:
+        """A Message from parts a broker stored, or MessageError if they are not one."""
+        if type(headers) is not dict or type(properties) is not dict:
+            raise MessageError("headers or properties are not a JSON object")
+        if not isinstance(content_type, str) or not isinstance(content_encoding, str):
+            raise MessageError("content type or encoding is not text")
+        if not isinstance(body, bytes):
+            raise MessageError(f"body is {type(body).__name__}, not bytes")
+        return cls(headers, body, content_type, content_encoding, properties)
+
     @property
     def id(self) -> str:
         value = self.headers.get("id") or self.properties.get("correlation_id")

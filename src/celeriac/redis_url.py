@@ -18,6 +18,7 @@ opened, and says how to install it when it is missing.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -27,13 +28,9 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
 
-__all__ = ["START_HINT", "driver_errors", "open_pool", "split_prefix", "storage_name"]
+__all__ = ["driver_errors", "open_pool", "split_prefix", "start_hint", "storage_name"]
 
-START_HINT = (
-    "start Redis, e.g.: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 "
-    '--save "" --appendonly no'
-)
-"""Said in every "cannot reach Redis" error."""
+DEFAULT_PORT = 6379
 
 _PREFIX_OPTIONS = ("prefix", "global_keyprefix")
 _CERT_REQS = {"cert_none": "none", "cert_optional": "optional", "cert_required": "required"}
@@ -121,6 +118,33 @@ def _hiredis_packing(connection_class: type[Any]) -> type[Any]:
     return type(connection_class.__name__, (connection_class,), {"pack_command": pack_command})
 
 
+def start_hint(url: str) -> str:
+    """How to start the Redis that ``url`` names (said in every "cannot reach Redis" error).
+
+    The URL's own host and port, TLS for ``rediss://``; never its password, and
+    never a flag that turns persistence off (a broker's messages must survive
+    a restart).
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:  # not a port number: redis-py said so already
+        port = DEFAULT_PORT
+    try:
+        bind = f" --bind {ipaddress.ip_address(host)}"
+    except ValueError:  # a name: Redis binds addresses only, loopback by default
+        bind = ""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if parts.scheme == "rediss":
+        return (
+            f"start Redis with TLS on {address}, e.g.: redis-server --daemonize yes{bind}"
+            f" --port 0 --tls-port {port} --tls-cert-file redis.crt --tls-key-file redis.key"
+            " --tls-ca-cert-file ca.crt"
+        )
+    return f"start Redis on {address}, e.g.: redis-server --daemonize yes{bind} --port {port}"
+
+
 def storage_name(pool: ConnectionPool) -> str:
     """The database a pool's connections reach (``celeriac.shared_storage``): server and db."""
     kwargs = pool.connection_kwargs
@@ -140,7 +164,7 @@ def driver_errors(
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
         raise unreachable(
-            f"cannot reach the {what} at {redact_url(url)}: {exc}; {START_HINT}"
+            f"cannot reach the {what} at {redact_url(url)}: {exc}; {start_hint(url)}"
         ) from exc
     except redis_errors.RedisError as exc:
         raise failed(f"{what} {redact_url(url)}: {exc}") from exc

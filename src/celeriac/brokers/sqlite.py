@@ -31,6 +31,14 @@ until requeued or purged: ``id``, ``queue``, ``priority``, ``reason``, ``deliver
 never a message, ``headers`` (and the other message columns) are NULL and
 ``body`` holds the raw bytes. Index ``celeriac_dead_letters_queue (queue, id)``.
 
+Undecodable rows: a message row that holds no message (headers or properties
+not a JSON object, text columns not UTF-8 text, ...: a corrupted disk or a
+foreign writer) is moved to the dead-letter table the first time a fetch
+leases it, as raw bytes (its five message columns as stored, joined by
+newlines) with the reason ``undecodable message row: ...``, and logged on the
+``celeriac.broker`` logger. The rest of the batch is delivered; fetch raises
+nothing for it.
+
 Connections and durability: the brokers of one process share one connection
 per database file for publishing and admin work (sync callers make one
 broker per thread, and separate connections would queue for the one write
@@ -73,12 +81,21 @@ from typing import Any, TypeVar
 import orjson
 
 from .._sync import may_block
-from ..errors import BrokerError, BrokerUnavailable, SerializationError
+from ..errors import BrokerError, BrokerUnavailable, MessageError, SerializationError
 from ..polling import Backoff
 from ..protocol import Message, Outgoing, encode_envelope
 from ..shared_storage import StorageWrite
 from ..sqlite_url import parse_sqlite_url
-from .base import Broker, BrokerOptions, Consumer, DeadLetter, Delivery, QueueStats, redact_url
+from .base import (
+    Broker,
+    BrokerOptions,
+    Consumer,
+    DeadLetter,
+    Delivery,
+    QueueStats,
+    logger,
+    redact_url,
+)
 
 __all__ = ["DEAD_LETTERS_TABLE", "MESSAGES_TABLE", "SQLiteBroker"]
 
@@ -95,6 +112,9 @@ GROUP_LIMIT = 256
 
 _M, _D = MESSAGES_TABLE, DEAD_LETTERS_TABLE
 _MESSAGE_COLUMNS = "headers, properties, content_type, content_encoding, body"
+_PICKED_COLUMNS = ", ".join(f"CAST(m.{c} AS BLOB)" for c in _MESSAGE_COLUMNS.split(", "))
+"""The message columns as a fetch reads them: bytes whatever was stored (sqlite3
+would raise for the whole batch on TEXT that is not UTF-8), decoded by ``_message``."""
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {_M} (
@@ -151,6 +171,10 @@ DEAD_LETTER_RAW = (
     f"INSERT INTO {_D} (queue, priority, reason, delivery_count, dead_at, body)"
     " VALUES (?, 0, ?, 0, ?, ?)"
 )
+DEAD_LETTER_ROW = (
+    f"INSERT INTO {_D} (queue, priority, reason, delivery_count, dead_at, body)"
+    f" SELECT queue, priority, ?1, delivery_count, ?2, ?3 FROM {_M} WHERE id = ?4 AND owner = ?5"
+)
 STATS = (
     "SELECT coalesce(sum(visible_at <= ?1), 0),"
     " coalesce(sum(visible_at > ?1 AND owner IS NULL), 0),"
@@ -187,7 +211,7 @@ def _pick_sql(n_queues: int) -> str:
         for p in PRIORITIES
     )
     return (
-        f"SELECT m.id, m.queue, m.delivery_count, {_MESSAGE_COLUMNS.replace(' ', ' m.')}"
+        f"SELECT m.id, m.queue, m.delivery_count, {_PICKED_COLUMNS}"
         f" FROM ({arms}) AS pick JOIN {_M} AS m ON m.id = pick.id"
         " ORDER BY pick.p DESC, pick.v, pick.id LIMIT ?2"
     )
@@ -204,11 +228,38 @@ def _next_visible_sql(n_queues: int) -> str:
 
 
 def _message(row: Row) -> Message:
-    """A Message from the five message columns."""
+    """A Message from the five message columns; MessageError if they hold none."""
     headers, properties, content_type, content_encoding, body = row
-    return Message(
-        orjson.loads(headers), body, content_type, content_encoding, orjson.loads(properties)
+    return Message.checked(
+        _json("headers", headers),
+        body,
+        _text("content_type", content_type),
+        _text("content_encoding", content_encoding),
+        _json("properties", properties),
     )
+
+
+def _json(column: str, value: Any) -> Any:
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise MessageError(f"{column} are not JSON: {exc}") from exc
+
+
+def _text(column: str, value: Any) -> str:
+    if isinstance(value, str):  # as stored: a dead letter's columns
+        return value
+    if not isinstance(value, bytes):
+        raise MessageError(f"{column} is {type(value).__name__}, not text")
+    try:
+        return value.decode()
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"{column} is not UTF-8: {exc}") from exc
+
+
+def _raw(columns: Row) -> bytes:
+    """The message columns of a fetched row (bytes, or None for NULL), one per line."""
+    return b"\n".join(c or b"" for c in columns)
 
 
 def _write(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -525,13 +576,50 @@ class SQLiteConsumer(Consumer):
             if rows is None:  # the lock is taken: wait for it on the connection's thread
                 rows = await self._take_on_thread(look)
             if rows:
-                return [Delivery(_message(r[3:]), r[1], r[2] + 1, r[0]) for r in rows]
+                deliveries = await self._deliveries(rows)
+                if deliveries:
+                    return deliveries
+                continue  # every row was garbage, now dead-lettered: look again at once
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
             await self._broker._nap(
                 min(backoff.next(), remaining, max(self._next_visible - time.time(), 0.0))
             )
+
+    async def _deliveries(self, rows: list[Row]) -> list[Delivery]:
+        """Deliveries of leased rows; rows that hold no message go to the dead letters.
+
+        If that move fails, every row goes back (uncounted) for the next fetch.
+        """
+        deliveries: list[Delivery] = []
+        garbage: list[tuple[Row, str]] = []
+        for row in rows:
+            try:
+                deliveries.append(Delivery(_message(row[3:]), row[1], row[2] + 1, row[0]))
+            except MessageError as exc:
+                garbage.append((row, f"undecodable message row: {exc}"))
+        if garbage:
+            try:
+                await self._bury_garbage(garbage)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self._release_rows(rows)
+                raise
+        return deliveries
+
+    async def _bury_garbage(self, garbage: list[tuple[Row, str]]) -> None:
+        """Move leased rows into the dead-letter table as raw bytes, with their reasons."""
+
+        def move(db: sqlite3.Connection) -> None:
+            now = time.time()
+            for row, reason in garbage:
+                db.execute(DEAD_LETTER_ROW, (reason, now, _raw(row[3:]), row[0], self._owner))
+                db.execute(DELETE_OWNED, (row[0], self._owner))
+
+        await self._conn.run(lambda db: _write(db, move))
+        for row, reason in garbage:
+            logger.error("dead-lettered row %d from queue %r: %s", row[0], row[1], reason)
 
     async def _take_on_thread(self, look: Callable[[sqlite3.Connection], list[Row]]) -> list[Row]:
         job = self._conn.submit(look)
