@@ -11,10 +11,12 @@
     ├── SerializationError          cannot encode or decode a payload
     │   └── ContentDisallowed       content type not in accept_content (e.g. pickle)
     ├── MessageError                a message that is not Celery protocol v2
+    ├── MessageTooLarge             a body over task_message_max_size: not sent, or dead-lettered
     ├── NotRegistered               no task of that name in the registry
     ├── TimeoutError                AsyncResult.get() waited too long (also builtins.TimeoutError)
     ├── TaskError                   a task failed and its exception type is not importable here
     ├── TaskRevokedError            the task was revoked
+    ├── DeadLettered                the message went to the dead-letter store; it will not run
     ├── MaxRetriesExceededError     self.retry() past max_retries
     ├── ChordError                  a chord's header task failed; its body will not run
     ├── TimeLimitExceeded           hard time limit; the task was stopped
@@ -75,6 +77,29 @@ class MessageError(CeleriacError):
     """A message that is not a valid Celery protocol v2 task message."""
 
 
+class MessageTooLarge(CeleriacError):
+    """A task message whose encoded body is over ``task_message_max_size``.
+
+    Raised at the caller, and nothing is sent; a worker that receives one
+    (from a client with a larger limit, or none) dead-letters it and records
+    REJECTED with this error. The arguments are what a stored copy is rebuilt
+    from, so they stay ``(task, size, limit)``.
+    """
+
+    def __init__(self, task: str, size: int, limit: int):
+        super().__init__(task, size, limit)
+        self.task = task
+        self.size = size
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return (
+            f"message for task {self.task!r} is {self.size} bytes, over the limit of "
+            f"{self.limit} bytes (setting task_message_max_size); pass large data by "
+            "reference (a file path, URL or object-store key), or raise the limit"
+        )
+
+
 class NotRegistered(CeleriacError, KeyError):
     """No task of that name is registered with the app."""
 
@@ -102,6 +127,14 @@ class TaskError(CeleriacError):
 
 class TaskRevokedError(CeleriacError):
     """The task was revoked before it ran."""
+
+
+class DeadLettered(CeleriacError):
+    """The task's message went to the dead-letter store (state REJECTED): it will not run.
+
+    Stored as the result when no more specific error says why (delivered too
+    many times, rejected by the task).
+    """
 
 
 class MaxRetriesExceededError(CeleriacError):

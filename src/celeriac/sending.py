@@ -3,6 +3,12 @@
 The typed :class:`SendOptions` is the one object that carries calling options
 from ``apply_async`` to the broker: a publish crosses ``Task.apply_async`` ->
 ``Celeriac.send_outgoing`` -> ``Broker.publish``.
+
+:func:`build_outgoing` is where every task message is made (``delay``,
+``apply_async``, ``send_task``, ``send_many``, canvas, callbacks sent by a
+worker), so it is where ``task_message_max_size`` is enforced: a message over
+it raises :class:`~celeriac.errors.MessageTooLarge` before anything is
+published or recorded.
 """
 
 from __future__ import annotations
@@ -17,12 +23,12 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, MessageTooLarge
 from .protocol import Message, Outgoing, TaskBody, nodename
 from .serialization import Codec
 from .settings import Settings
 
-__all__ = ["SendOptions", "build_outgoing", "route_queue"]
+__all__ = ["SendOptions", "build_outgoing", "check_message_size", "route_queue"]
 
 _repr = reprlib.Repr()
 _repr.maxstring = 256
@@ -149,6 +155,12 @@ def redacted_kwargs_repr(kwargs: Mapping[str, Any], redact: Sequence[str]) -> st
     return _repr.repr(shown)
 
 
+def check_message_size(limit: int | None, task_name: str, body: bytes) -> None:
+    """Raise :class:`MessageTooLarge` if ``body`` is over ``limit`` bytes (None, 0: no limit)."""
+    if limit and len(body) > limit:
+        raise MessageTooLarge(task_name, len(body), limit)
+
+
 def build_outgoing(
     conf: Settings,
     codec: Codec,
@@ -163,7 +175,11 @@ def build_outgoing(
     callbacks: list[dict[str, Any]] | None = None,
     errbacks: list[dict[str, Any]] | None = None,
 ) -> Outgoing:
-    """The protocol v2 message for one task call, with its queue and delay."""
+    """The protocol v2 message for one task call, with its queue and delay.
+
+    Raises :class:`MessageTooLarge` if the encoded body is over
+    ``task_message_max_size``.
+    """
     if not isinstance(args, list | tuple):
         raise TypeError("task args must be a list or tuple")
     if not isinstance(kwargs, Mapping):
@@ -202,6 +218,7 @@ def build_outgoing(
     body = TaskBody(tuple(args), dict(kwargs), callbacks, errbacks, opts.chain, opts.chord)
     serializer = opts.serializer or conf.task_serializer
     payload, content_type, encoding = codec.dumps(body.to_payload(), serializer)
+    check_message_size(conf.task_message_max_size, task_name, payload)
     priority = opts.priority if opts.priority is not None else default_priority
     if priority is None:
         priority = conf.task_default_priority or 0

@@ -17,6 +17,9 @@ Defaults that differ from Celery's, and why (also in docs/configuration.md):
   default) instead of no result store at all.
 * ``task_eager_propagates=True``: eager mode raises the task's error instead
   of hiding it in a result nobody reads.
+* ``task_message_max_size=10 MiB`` (celeriac's own; Celery has no limit): a
+  client refuses to send a bigger task message and a worker dead-letters one,
+  instead of holding it in memory and running it. None or 0: no limit.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class Settings:
     task_max_retries: int | None = 3
     task_redact_kwargs: list[str] = dataclasses.field(default_factory=list)
     task_annotations: dict[str, Any] = dataclasses.field(default_factory=dict)
+    task_message_max_size: int | None = 10 * 1024 * 1024
     # results
     result_expires: float | None = 86400.0
     result_extended: bool = False
@@ -141,6 +145,7 @@ class Settings:
 SETTING_TYPES: dict[str, Any] = get_type_hints(Settings)
 SETTING_NAMES: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Settings))
 _CHOICES = {"worker_pool": ("process", "thread", "async", "solo")}
+_NOT_NEGATIVE = frozenset({"task_message_max_size"})
 
 
 def _unknown_message(name: str, where: str = "setting") -> str:
@@ -189,6 +194,8 @@ def coerce(name: str, value: Any) -> Any:
     if _accepts(hint, bool) and isinstance(value, bool):
         return value
     if _accepts(hint, int) and isinstance(value, int) and not isinstance(value, bool):
+        if value < 0 and name in _NOT_NEGATIVE:
+            raise ConfigurationError(f"setting {name!r} cannot be negative ({value})")
         return value
     if _accepts(hint, float) and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)

@@ -10,9 +10,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..brokers.base import Delivery
-from ..errors import CeleriacError, MessageError, NotRegistered, SerializationError
+from ..errors import (
+    CeleriacError,
+    MessageError,
+    MessageTooLarge,
+    NotRegistered,
+    SerializationError,
+)
 from ..protocol import Message, TaskBody, check_headers
 from ..request import Request
+from ..sending import check_message_size
 from ..serialization import Codec
 from ..shared_storage import StorageWrite
 from ..task import Task
@@ -58,9 +65,11 @@ def decode_job(app: Celeriac, codec: Codec, delivery: Delivery, hostname: str) -
     headers = message.headers
     try:
         check_headers(headers)
+        # before decoding: this worker's limit, whatever the sender's was
+        check_message_size(app.conf.task_message_max_size, headers["task"], message.body)
         payload = codec.loads(message.body, message.content_type)
         body = TaskBody.from_payload(payload)
-    except (MessageError, SerializationError) as exc:
+    except (MessageError, MessageTooLarge, SerializationError) as exc:
         raise Undeliverable(str(exc)) from exc
     name = str(headers["task"])
     try:
