@@ -218,8 +218,28 @@ async def test_the_schema_is_the_documented_one(url: str, backend: SQLiteBackend
         ("key", "TEXT", 0, 1),
         ("value", "BLOB", 1, 0),
         ("expires_at", "REAL", 0, 0),
+        ("fence", "INTEGER", 0, 0),
     ]
     assert journal_mode == "wal"
+
+
+async def test_a_file_from_before_fences_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE celeriac_results (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
+            " expires_at REAL)"
+        )
+    conn.close()
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    await backend.connect()
+    try:
+        await backend.store(ResultMeta("t", states.SUCCESS, 1), fence=1)
+        await backend.store(ResultMeta("t", states.FAILURE), fence=2)
+        meta = await backend.get("t")
+        assert meta is not None and meta.status == states.SUCCESS
+    finally:
+        await backend.close()
 
 
 def _count_rows(url: str) -> int:

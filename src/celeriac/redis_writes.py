@@ -4,7 +4,8 @@ The result store and the broker both make ``StorageWrite``s inside a script
 call: the store on its own (``MAKE_WRITES``), the broker within its publish
 and fetch scripts (``WRITES_FROM`` goes first in ``redis_broker.lua``'s
 script). Both read the arguments ``write_args`` gives: per write ``'w'``, the
-number of arguments, the command, the arguments.
+number of arguments, the command, the arguments. The command is a Redis
+command, or ``FENCED_SET``, which the scripts carry out themselves.
 """
 
 from __future__ import annotations
@@ -14,15 +15,39 @@ from typing import Any
 
 from .shared_storage import StorageWrite
 
-__all__ = ["MAKE_WRITES", "WRITES_FROM", "write_args"]
+__all__ = ["FENCED_SET", "MAKE_WRITES", "WRITES_FROM", "write_args"]
 
-WRITES_FROM = """
+FENCED_SET = "celeriac.fenced_set"
+"""The one write that is not a Redis command: arguments key, fence key, value,
+fence, expiry in ms ('' for none). Sets the key and its fence and publishes the
+value, unless the key exists with a higher fence stored beside it."""
+
+WRITES_FROM = f"""
+local function fenced_set(key, fence_key, value, fence, ms)
+  local stored = redis.call('GET', fence_key)
+  if stored and tonumber(stored) > tonumber(fence) and redis.call('EXISTS', key) == 1 then
+    return
+  end
+  if ms == '' then
+    redis.call('SET', key, value)
+    redis.call('SET', fence_key, fence)
+  else
+    redis.call('SET', key, value, 'PX', ms)
+    redis.call('SET', fence_key, fence, 'PX', ms)
+  end
+  redis.call('PUBLISH', key, value)
+end
+
 -- A result store's writes from ARGV[at] on (celeriac/redis_writes.py);
 -- returns the index after the last.
 local function writes_from(at)
   while ARGV[at] == 'w' do
     local count = tonumber(ARGV[at + 1])
-    redis.call(unpack(ARGV, at + 2, at + 2 + count))
+    if ARGV[at + 2] == '{FENCED_SET}' then
+      fenced_set(unpack(ARGV, at + 3, at + 2 + count))
+    else
+      redis.call(unpack(ARGV, at + 2, at + 2 + count))
+    end
     at = at + 3 + count
   end
   return at

@@ -44,6 +44,7 @@ def worker_thread(
     app: Celeriac,
     *,
     concurrency: int = 4,
+    prefetch_multiplier: int = 1,
     queues: Sequence[str] | None = None,
     shutdown_timeout: float = 10.0,
 ) -> Iterator[TaskConsumer]:
@@ -52,6 +53,7 @@ def worker_thread(
         app,
         list(queues or [app.conf.task_default_queue]),
         concurrency=concurrency,
+        prefetch_multiplier=prefetch_multiplier,
         hostname=f"test-worker@{os.getpid()}",
         shutdown_timeout=shutdown_timeout,
     )

@@ -43,3 +43,15 @@ def whoami() -> int:
 def poison() -> None:
     """Kills the process that runs it, every time: a message that keeps killing workers."""
     os.kill(os.getpid(), 9)
+
+
+@app.task
+def fails_if_first(marker: str, seconds: float) -> str:
+    """The first run (the one that creates ``marker``) sleeps, then raises; later runs succeed."""
+    try:
+        with open(marker, "x"):
+            pass
+    except FileExistsError:
+        return "ok"
+    time.sleep(seconds)
+    raise RuntimeError("the first attempt failed, late")

@@ -309,3 +309,33 @@ async def test_store_many_round_trips(backend: ResultBackend) -> None:
     ids = [new_id() for _ in range(20)]
     await backend.store_many([meta(i, states.PENDING) for i in ids])
     assert [m.status if m else None for m in await backend.get_many(ids)] == [states.PENDING] * 20
+
+
+async def test_a_lower_fence_never_replaces_a_higher_one(backend: ResultBackend) -> None:
+    task_id = new_id()
+    await backend.store(meta(task_id, states.STARTED), fence=2)
+    await backend.store(meta(task_id, states.FAILURE), fence=1)  # a late, lapsed attempt
+    assert (await backend.get(task_id) or meta(task_id, "?")).status == states.STARTED
+    await backend.store(meta(task_id, states.FAILURE), fence=2)  # the same attempt goes on
+    assert (await backend.get(task_id) or meta(task_id, "?")).status == states.FAILURE
+    await backend.store(meta(task_id, states.RETRY), fence=3)  # a later one
+    assert (await backend.get(task_id) or meta(task_id, "?")).status == states.RETRY
+
+
+async def test_a_stored_success_never_regresses(backend: ResultBackend) -> None:
+    task_id = new_id()
+    await backend.store_pending([(task_id, None)])
+    await backend.store(meta(task_id, states.SUCCESS, 42), fence=1)
+    for late in (states.FAILURE, states.STARTED, states.RETRY, states.REJECTED):
+        await backend.store(meta(task_id, late), fence=1 << 40)
+    stored = await backend.get(task_id)
+    assert stored is not None and (stored.status, stored.result) == (states.SUCCESS, 42)
+
+
+async def test_an_unfenced_write_always_lands(backend: ResultBackend) -> None:
+    task_id = new_id()
+    await backend.store(meta(task_id, states.SUCCESS, 1), fence=5)
+    await backend.store(meta(task_id, states.FAILURE))
+    assert (await backend.get(task_id) or meta(task_id, "?")).status == states.FAILURE
+    await backend.store(meta(task_id, states.STARTED), fence=1)  # nothing fenced stands now
+    assert (await backend.get(task_id) or meta(task_id, "?")).status == states.STARTED

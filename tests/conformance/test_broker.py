@@ -7,6 +7,7 @@ suite unchanged or is not done. Each test would fail if its guarantee broke.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -225,6 +226,25 @@ async def test_dead_consumers_deliveries_are_redelivered(broker: Broker) -> None
     assert again.delivery_count == 2
     await settle(other, [again])
     await other.close()
+
+
+async def test_a_lapsed_consumer_cannot_ack_what_another_took_over(broker: Broker) -> None:
+    await broker.publish([out(1)])
+    late = broker.consumer(["q"], "late")
+    [delivery] = await late.fetch(1, timeout=1)
+    late.abandon()  # paused past its lease: no heartbeat, but it will wake up
+    taker = broker.consumer(["q"], "taker")
+    [taken] = await taker.fetch(1, timeout=LEASE * 3)
+    with contextlib.suppress(Exception):  # a broker may refuse it outright
+        await late.ack(delivery)
+        await late.flush_acks()
+    assert (await broker.stats("q")).reserved == 1, "the late ack settled the taker's delivery"
+    taker.abandon()  # so if the taker dies now, the message comes back
+    third = broker.consumer(["q"], "third")
+    [again] = await third.fetch(1, timeout=LEASE * 3)
+    assert again.message == taken.message
+    await settle(third, [again])
+    await third.close()
 
 
 async def test_live_consumer_keeps_a_long_task(broker: Broker) -> None:

@@ -33,6 +33,10 @@ GROUP_MEMBERS_PREFIX = "celeriac-group-done-"
 """Members: the ids of a group's tasks that finished (chord counting)."""
 CLAIM_PREFIX = "celeriac-claim-"
 """One-time claims, e.g. that a chord's body was sent."""
+FENCE_PREFIX = "celeriac-fence-"
+"""Stores that keep a fence beside a result rather than with it (Redis) name it so."""
+FINAL_FENCE = 1 << 62
+"""The fence a SUCCESS is stored with: higher than any attempt's, so nothing fenced replaces it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,10 @@ class ResultMeta:
         )
 
 
+def _fence_of(meta: ResultMeta, fence: int | None) -> int | None:
+    return fence if fence is None or meta.status != states.SUCCESS else FINAL_FENCE
+
+
 def utcnow_iso() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -117,7 +125,12 @@ class ResultBackend(ABC):
         return TASK_KEY_PREFIX + task_id
 
     async def store(
-        self, meta: ResultMeta, *, keep_for: float | None = None, reply_to: str | None = None
+        self,
+        meta: ResultMeta,
+        *,
+        keep_for: float | None = None,
+        reply_to: str | None = None,
+        fence: int | None = None,
     ) -> None:
         """Store ``meta``; it expires after ``keep_for`` seconds, else ``result_expires``.
 
@@ -125,19 +138,26 @@ class ResultBackend(ABC):
         a task that never runs (purged, dead-lettered) must not live forever.
         ``reply_to`` is the task message's: a store that sends results to
         their callers (``rpc://``) sends it there; others store it only.
+
+        ``fence`` orders the writes of a task's attempts (a worker passes its
+        delivery's, see ``celeriac.worker.middleware.results``): a fenced write
+        is made only if the stored state has no higher fence, and a SUCCESS is
+        stored with ``FINAL_FENCE``. So a worker whose lease lapsed cannot
+        overwrite what the attempt that took over stored, and a SUCCESS never
+        regresses. A write without a fence is always made.
         """
         expires = keep_for if keep_for is not None else self.options.expires
-        await self._set(self.key_for(meta.task_id), self._encode(meta), expires)
+        key, value = self.key_for(meta.task_id), self._encode(meta)
+        await self._set(key, value, expires, _fence_of(meta, fence))
 
-    def store_writes(self, meta: ResultMeta) -> list[StorageWrite]:
-        """``store(meta)`` as writes for a broker on the same ``storage`` to make
-        (a worker's consumer makes them with the task's ack).
+    def store_writes(self, meta: ResultMeta, *, fence: int | None = None) -> list[StorageWrite]:
+        """``store(meta, fence=fence)`` as writes for a broker on the same
+        ``storage`` to make (a worker's consumer makes them with the task's ack).
 
         Only called when ``storage`` is not None.
         """
-        return self._set_writes(
-            self.key_for(meta.task_id), self._encode(meta), self.options.expires
-        )
+        key, value = self.key_for(meta.task_id), self._encode(meta)
+        return self._set_writes(key, value, self.options.expires, _fence_of(meta, fence))
 
     async def store_many(
         self, metas: Sequence[ResultMeta], *, keep_for: float | None = None
@@ -271,7 +291,11 @@ class ResultBackend(ABC):
     async def _get(self, key: str) -> bytes | None: ...
 
     @abstractmethod
-    async def _set(self, key: str, value: bytes, expires: float | None) -> None: ...
+    async def _set(
+        self, key: str, value: bytes, expires: float | None, fence: int | None = None
+    ) -> None:
+        """Set ``key``; with a ``fence``, only if the stored value's fence is not
+        higher (a value stored without one counts as lower), atomically."""
 
     @abstractmethod
     async def _delete(self, key: str) -> None: ...
@@ -294,7 +318,9 @@ class ResultBackend(ABC):
         for key, value, expires in items:
             await self._add(key, value, expires)
 
-    def _set_writes(self, key: str, value: bytes, expires: float | None) -> list[StorageWrite]:
+    def _set_writes(
+        self, key: str, value: bytes, expires: float | None, fence: int | None = None
+    ) -> list[StorageWrite]:
         """``_set`` as writes in the storage's terms; stores with a ``storage`` supply it."""
         raise NotImplementedError(f"{type(self).__name__} has no storage a broker can share")
 

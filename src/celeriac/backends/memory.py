@@ -7,9 +7,10 @@ store. Nothing survives the process. Tests call :func:`reset` between cases.
 
 Each store holds, under one ``threading.Lock``:
 
-- ``entries``: key -> ``_Entry(value, expires_at, seq)``; ``expires_at`` is on
-  the ``time.monotonic()`` clock, ``None`` for no expiry; ``seq`` numbers the
-  write. Lives until deleted, expired or :func:`reset`.
+- ``entries``: key -> ``_Entry(value, expires_at, seq, fence)``; ``expires_at``
+  is on the ``time.monotonic()`` clock, ``None`` for no expiry; ``seq`` numbers
+  the write; ``fence`` is the write's (``ResultBackend.store``), None if
+  unfenced. Lives until deleted, expired or :func:`reset`.
 - ``expiry``: a heap of ``(expires_at, seq, key)``, one per write with an
   expiry, so each write removes the already expired entries at O(log n).
 - ``members``: key -> ``(set of members, expires_at)`` for group counting;
@@ -43,6 +44,7 @@ class _Entry:
     value: bytes
     expires_at: float | None
     seq: int
+    fence: int | None = None
 
 
 @dataclass(slots=True)
@@ -134,14 +136,20 @@ class MemoryBackend(ResultBackend):
         _seen.set((key, entry.seq if entry else 0))
         return entry.value if entry else None
 
-    async def _set(self, key: str, value: bytes, expires: float | None) -> None:
+    async def _set(
+        self, key: str, value: bytes, expires: float | None, fence: int | None = None
+    ) -> None:
         store = self._store
         now = time.monotonic()
         seq = next(_seq)
         expires_at = None if expires is None else now + expires
         with store.lock:
             store.purge_expired(now)
-            store.entries[key] = _Entry(value, expires_at, seq)
+            if fence is not None:
+                stored = store.live(key, now)
+                if stored is not None and stored.fence is not None and stored.fence > fence:
+                    return
+            store.entries[key] = _Entry(value, expires_at, seq, fence)
             if expires_at is not None:
                 heapq.heappush(store.expiry, (expires_at, seq, key))
             store.wake(key)

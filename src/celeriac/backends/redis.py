@@ -11,9 +11,14 @@ results):
     ``status, result, traceback, children, date_done, task_id``, Celery's
     layout). Written by ``SET ... PX`` (Celery uses ``SETEX``; milliseconds
     allow sub-second expiries) and ``PUBLISH`` of the same value on the channel
-    of the same name, in one ``MULTI``, exactly as Celery's Redis backend
-    does, so Celery's result consumers wake too. Lifetime: every state
+    of the same name, in one script call (atomic, like the ``MULTI`` of
+    Celery's Redis backend), so Celery's result consumers wake too. Lifetime: every state
     expires, by default ``result_expires`` (one day) after its last write.
+``P celeriac-fence-<task id>``, STRING: the fence of the last fenced write of
+    the task's meta (``ResultBackend.store``), written with it by one script
+    (``FENCED_SET`` in ``celeriac.redis_writes``) with the same expiry; an
+    unfenced write deletes it. A fenced write is skipped while the meta
+    exists with a higher fence here.
 ``P celery-taskset-meta-<group id>``, STRING: a saved group (same write).
 ``P celeriac-group-done-<group id>``, SET of task ids: the group's finished
     tasks (chord counting): ``SADD`` + ``SCARD`` + ``PEXPIRE`` in one
@@ -45,9 +50,9 @@ from typing import cast
 
 from ..errors import BackendError, ConfigurationError
 from ..redis_url import driver_errors, open_pool, storage_name
-from ..redis_writes import MAKE_WRITES, write_args
+from ..redis_writes import FENCED_SET, MAKE_WRITES, write_args
 from ..shared_storage import StorageWrite
-from .base import BackendOptions, ResultBackend
+from .base import FENCE_PREFIX, BackendOptions, ResultBackend
 
 try:
     import redis.asyncio as aioredis
@@ -232,13 +237,26 @@ class RedisBackend(ResultBackend):
         _seen.set((key, value))
         return value
 
-    async def _set(self, key: str, value: bytes, expires: float | None) -> None:
-        await self._write(self._set_writes(key, value, expires))
+    async def _set(
+        self, key: str, value: bytes, expires: float | None, fence: int | None = None
+    ) -> None:
+        await self._write(self._set_writes(key, value, expires, fence))
 
-    def _set_writes(self, key: str, value: bytes, expires: float | None) -> list[StorageWrite]:
-        """SET, and PUBLISH the value to the key's waiters (Celery's layout)."""
-        name = self._prefix + key
-        return [_set(name, value, expires), StorageWrite("PUBLISH", [name, value])]
+    def _set_writes(
+        self, key: str, value: bytes, expires: float | None, fence: int | None = None
+    ) -> list[StorageWrite]:
+        """SET, and PUBLISH the value to the key's waiters (Celery's layout); with
+        a fence, ``FENCED_SET``, which keeps the fence in a key beside the value."""
+        name, fence_name = self._prefix + key, self._prefix + FENCE_PREFIX + key
+        if fence is not None:
+            ms = _ms(expires)
+            args = [name, fence_name, value, fence, "" if ms is None else ms]
+            return [StorageWrite(FENCED_SET, args)]
+        return [
+            _set(name, value, expires),
+            StorageWrite("DEL", [fence_name]),
+            StorageWrite("PUBLISH", [name, value]),
+        ]
 
     async def _write(self, writes: Sequence[StorageWrite]) -> None:
         """``writes`` in one script call: atomic as a ``MULTI``, and about 40 µs

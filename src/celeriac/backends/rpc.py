@@ -54,6 +54,8 @@ __all__ = ["RpcBackend"]
 logger = logging.getLogger("celeriac.backends.rpc")
 
 ORIGIN_HEADER = "x-celeriac-origin"
+FENCE_HEADER = "x-celeriac-fence"
+"""The fence of the write a result message carries (``ResultBackend.store``)."""
 """The sending process, on every result message: a process skips its own."""
 _origin = ""
 _reply_queues: dict[str, str] = {}
@@ -128,13 +130,20 @@ class RpcBackend(MemoryBackend):
         self._connection = self._channel = None
 
     async def store(
-        self, meta: ResultMeta, *, keep_for: float | None = None, reply_to: str | None = None
+        self,
+        meta: ResultMeta,
+        *,
+        keep_for: float | None = None,
+        reply_to: str | None = None,
+        fence: int | None = None,
     ) -> None:
-        await super().store(meta, keep_for=keep_for)
+        """Kept here and sent to ``reply_to`` with its fence, which the caller's
+        store honours as this one does."""
+        await super().store(meta, keep_for=keep_for, fence=fence)
         if reply_to:
-            await self._send(meta, reply_to)
+            await self._send(meta, reply_to, fence)
 
-    async def _send(self, meta: ResultMeta, reply_to: str) -> None:
+    async def _send(self, meta: ResultMeta, reply_to: str, fence: int | None) -> None:
         if self._channel is None or self._channel.is_closed:
             raise BackendError(f"the rpc:// result store {redact_url(self.url)} is not connected")
         import aio_pika
@@ -144,7 +153,9 @@ class RpcBackend(MemoryBackend):
             content_type=self._content_type,
             content_encoding="utf-8" if self._content_type.endswith("json") else "binary",
             correlation_id=meta.task_id,
-            headers={ORIGIN_HEADER: _this_process()},
+            headers={ORIGIN_HEADER: _this_process()}
+            if fence is None
+            else {ORIGIN_HEADER: _this_process(), FENCE_HEADER: fence},
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
         )
         try:
@@ -153,7 +164,8 @@ class RpcBackend(MemoryBackend):
             raise BackendError(f"rpc:// result store {redact_url(self.url)}: {exc}") from exc
 
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
-        if (incoming.headers or {}).get(ORIGIN_HEADER) == _this_process():
+        headers = incoming.headers or {}
+        if headers.get(ORIGIN_HEADER) == _this_process():
             return  # stored in this process's table already
         try:
             meta = ResultMeta.from_dict(
@@ -166,4 +178,5 @@ class RpcBackend(MemoryBackend):
             current = await self.get(meta.task_id)
             if current is not None and current.status in states.READY_STATES:
                 return  # an earlier state arriving late
-        await super().store(meta)
+        fence = headers.get(FENCE_HEADER)
+        await super().store(meta, fence=fence if isinstance(fence, int) else None)

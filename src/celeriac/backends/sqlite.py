@@ -13,6 +13,10 @@ at the same time all succeed):
     ``value BLOB NOT NULL``   the encoded meta (json by default)
     ``expires_at REAL NULL``  Unix time after which the row is dead; NULL for
                               ``expires=None`` (kept forever)
+    ``fence INTEGER NULL``    the fence of the write (``ResultBackend.store``);
+                              NULL for an unfenced one. A fenced write replaces
+                              a live row only if this is NULL or not higher.
+                              Added by ``ALTER TABLE`` to files made before it.
     Lifetime: overwritten by each state of the task; dead once ``expires_at``
     passes (reads skip it at once); deleted by ``forget()`` or by the sweep
     that every 64th write of a connection runs over at most 256 dead rows.
@@ -81,7 +85,7 @@ BUSY_TIMEOUT = 5.0
 
 _SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} "
-    "(key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL)",
+    "(key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL, fence INTEGER)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_expires_at ON {TABLE} (expires_at) "
     "WHERE expires_at IS NOT NULL",
     f"CREATE TABLE IF NOT EXISTS {MEMBERS_TABLE} "
@@ -90,9 +94,13 @@ _SCHEMA = (
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _SELECT = f"SELECT value FROM {TABLE} WHERE key = ? AND {_LIVE}"
 _SELECT_MANY = f"SELECT key, value FROM {TABLE} WHERE {_LIVE} AND key IN"
+_ADD_FENCE = f"ALTER TABLE {TABLE} ADD COLUMN fence INTEGER"
 _UPSERT = (
-    f"INSERT INTO {TABLE} (key, value, expires_at) VALUES (?, ?, ?) "
-    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+    # ?1 key, ?2 value, ?3 expires_at, ?4 fence (NULL: unfenced), ?5 now
+    f"INSERT INTO {TABLE} (key, value, expires_at, fence) VALUES (?1, ?2, ?3, ?4) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,"
+    f" fence = excluded.fence WHERE excluded.fence IS NULL OR {TABLE}.fence IS NULL"
+    f" OR {TABLE}.fence <= excluded.fence OR {TABLE}.expires_at <= ?5"
 )
 _SWEEP_EVERY = 64
 _SWEEP_LIMIT = 256
@@ -190,13 +198,18 @@ class SQLiteBackend(ResultBackend):
         _seen.set((key, value))
         return value
 
-    async def _set(self, key: str, value: bytes, expires: float | None) -> None:
-        await self._run(_upsert, key, value, expires, self._sweep_due())
+    async def _set(
+        self, key: str, value: bytes, expires: float | None, fence: int | None = None
+    ) -> None:
+        await self._run(_upsert, key, value, expires, fence, self._sweep_due())
         self._wake(key)  # our own commits do not change our data_version
 
-    def _set_writes(self, key: str, value: bytes, expires: float | None) -> list[StorageWrite]:
+    def _set_writes(
+        self, key: str, value: bytes, expires: float | None, fence: int | None = None
+    ) -> list[StorageWrite]:
         now = time.time()
-        writes = [StorageWrite(_UPSERT, [(key, value, None if expires is None else now + expires)])]
+        row = (key, value, None if expires is None else now + expires, fence, now)
+        writes = [StorageWrite(_UPSERT, [row])]
         if self._sweep_due():
             writes.append(StorageWrite(_SWEEP, [(now,)]))
         return writes
@@ -353,6 +366,13 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous=NORMAL")
     for statement in _SCHEMA:
         conn.execute(statement)
+    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})")}
+    if "fence" not in columns:  # a file from before fences
+        try:
+            conn.execute(_ADD_FENCE)
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # another process added it meanwhile
+                raise
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -398,10 +418,15 @@ def _look(
 
 
 def _upsert(
-    conn: sqlite3.Connection, key: str, value: bytes, expires: float | None, sweep: bool
+    conn: sqlite3.Connection,
+    key: str,
+    value: bytes,
+    expires: float | None,
+    fence: int | None,
+    sweep: bool,
 ) -> None:
     now = time.time()
-    conn.execute(_UPSERT, (key, value, None if expires is None else now + expires))
+    conn.execute(_UPSERT, (key, value, None if expires is None else now + expires, fence, now))
     if sweep:
         conn.execute(_SWEEP, (now,))
 
@@ -440,10 +465,11 @@ def _add_many(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
 def _upsert_many(
     conn: sqlite3.Connection, items: list[tuple[str, bytes]], expires: float | None
 ) -> None:
-    expires_at = None if expires is None else time.time() + expires
+    now = time.time()
+    expires_at = None if expires is None else now + expires
     with conn:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(_UPSERT, [(key, value, expires_at) for key, value in items])
+        conn.executemany(_UPSERT, [(key, value, expires_at, None, now) for key, value in items])
 
 
 def _delete(conn: sqlite3.Connection, key: str) -> None:

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,9 @@ class DeadLetter:
     reason: str
     delivery_count: int
     dead_at: float
+
+
+DeadLetterHook = Callable[[Delivery, str, BaseException | None], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,11 +215,17 @@ class Consumer(ABC):
         self._fetching = False
         self._held: dict[int, Delivery] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._flush_at = 0.0
+        """The loop time ``_flush_handle`` fires at (uvloop's ``call_later(0)``
+        returns a plain ``Handle``, which has no ``when()``)."""
         self._flush_task: asyncio.Task[None] | None = None
         self._closed = False
         self.last_heartbeat: float = 0.0
         self.heartbeat_error: BaseException | None = None
+        self.on_dead_letter: DeadLetterHook | None = None
+        """Told of every delivery this consumer dead-letters, with the reason and
+        the exception behind it, if any (the worker records REJECTED)."""
 
     @property
     def held(self) -> int:
@@ -259,17 +268,19 @@ class Consumer(ABC):
         self._held.pop(id(delivery), None)
         self._pending_acks.append(delivery)
         delay = self.options.ack_flush_interval
+        loop = asyncio.get_running_loop()
         if writes:
             self._pending_writes.extend(writes)
             delay = 0.0 if self._fetching else min(delay, CARRIED_FLUSH_DELAY)
-            if self._flush_handle is not None and self._flush_handle.when() > (
-                asyncio.get_running_loop().time() + delay
-            ):
+            if self._flush_handle is not None and self._flush_at > loop.time() + delay:
                 self._flush_handle.cancel()
                 self._flush_handle = None
         if self._flush_handle is None:
-            loop = asyncio.get_running_loop()
-            self._flush_handle = loop.call_later(delay, self._flush_soon)
+            self._flush_later(loop, delay)
+
+    def _flush_later(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self._flush_at = loop.time() + delay
+        self._flush_handle = loop.call_later(delay, self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._flush_handle = None
@@ -280,7 +291,7 @@ class Consumer(ABC):
             self._flush_task = loop.create_task(self.flush_acks())
         else:  # a flush is on its way: these go with the next one
             delay = CARRIED_FLUSH_DELAY if self._pending_writes else self.options.ack_flush_interval
-            self._flush_handle = loop.call_later(delay, self._flush_soon)
+            self._flush_later(loop, delay)
 
     async def flush_acks(self) -> None:
         if self._flush_handle is not None:
@@ -309,7 +320,10 @@ class Consumer(ABC):
         not_before = time.time() + delay if delay > 0 else None
         await self._release([delivery], not_before, uncount=not count)
 
-    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    async def dead_letter(
+        self, delivery: Delivery, reason: str, cause: BaseException | None = None
+    ) -> None:
+        """Move ``delivery`` to the dead-letter store, log it, and tell ``on_dead_letter``."""
         self._held.pop(id(delivery), None)
         logger.error(
             "dead-lettered message %s from queue %r: %s",
@@ -318,6 +332,8 @@ class Consumer(ABC):
             reason,
         )
         await self._dead_letter(delivery, reason)
+        if self.on_dead_letter is not None:
+            await self.on_dead_letter(delivery, reason, cause)
 
     async def heartbeat(self) -> None:
         """Renew the leases of every delivery this consumer holds."""

@@ -14,7 +14,7 @@ Keys (``P`` = the prefix + ``KEY_PREFIX``; names are the ``*_KEY`` constants;
     ``h`` (orjson ``[headers, properties, content_type, content_encoding]``),
     ``b`` (the body bytes), ``n`` (deliveries before this entry; absent: 0).
     Lifetime: an entry lives from publish (or from its move out of the delayed
-    set) until acked: the ack is ``XACK`` + ``XDEL`` in one ``MULTI``, so a
+    set) until acked: the ack is ``XACK`` + ``XDEL`` in one script call, so a
     stream only ever holds unacked messages and memory stays bounded. The
     (empty) stream and its group stay, as long as the database.
 ``P delayed:<queue>``, ZSET: messages with a ``not_before`` in the future
@@ -54,9 +54,9 @@ Mechanism:
 * Delivery count: the stream's pending-entries list counts deliveries of an
   entry; ``n`` carries the count across a hand-back (a new entry).
 * Acks are batched by the base class and ride in the next fetch's Lua call
-  (or, flushed by the timer, go as one ``MULTI``), ``XACK`` + ``XDEL`` per
-  stream. A consumer whose lease was taken over can still ack (the task did
-  finish), which at-least-once allows.
+  (or, flushed by the timer, go in a call of their own), ``XACK`` + ``XDEL``
+  per stream, of the entries the consumer still holds: once another consumer
+  took an entry over (this one's lease lapsed), only the new holder acks it.
 * Requeue / hand-back: ``XACK`` + ``XDEL`` and a new entry at the stream's
   end (it became visible now) or into the delayed set, only if the consumer
   still holds it. Dead-lettering moves an owned entry into ``P dead``.
@@ -81,12 +81,27 @@ from typing import Any, cast
 import msgpack
 import orjson
 
-from ..errors import BrokerError, BrokerUnavailable, ConfigurationError, SerializationError
+from ..errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    MessageError,
+    SerializationError,
+)
 from ..protocol import Message, Outgoing, encode_envelope
 from ..redis_url import driver_errors, open_pool, storage_name
 from ..redis_writes import WRITES_FROM, write_args
 from ..shared_storage import StorageWrite
-from .base import Broker, BrokerOptions, Consumer, DeadLetter, Delivery, QueueStats, redact_url
+from .base import (
+    Broker,
+    BrokerOptions,
+    Consumer,
+    DeadLetter,
+    Delivery,
+    QueueStats,
+    logger,
+    redact_url,
+)
 
 try:
     import redis.asyncio as aioredis
@@ -158,8 +173,12 @@ def _head(message: Message) -> bytes:
 
 
 def _message(head: bytes, body: bytes) -> Message:
-    headers, properties, content_type, content_encoding = orjson.loads(head)
-    return Message(headers, body, content_type, content_encoding, properties)
+    """The message of a stream entry's ``h`` and ``b``; MessageError if they hold none."""
+    try:
+        headers, properties, content_type, content_encoding = orjson.loads(head)
+    except (ValueError, TypeError) as exc:  # not JSON, or not a list of four
+        raise MessageError(f"stream entry is not a message: {exc}") from exc
+    return Message.checked(headers, body, content_type, content_encoding, properties)
 
 
 class RedisConsumer(Consumer):
@@ -194,12 +213,14 @@ class RedisConsumer(Consumer):
     ) -> list[Delivery]:
         """Buffered acks (and writes) travel in the fetch's own Lua call: one round trip."""
         deadline = time.monotonic() + timeout
-        ack_args = [*write_args(writes), *self._ack_args(acks)]
+        ack_args = [*write_args(writes), *self._ack_args([d.tag for d in acks])]
         while True:
             deliveries, due_in, wake_ids = await self._take(limit, ack_args)
             ack_args = []
             if deliveries:
                 return deliveries
+            if not wake_ids:  # entries came back, all garbage (now dead letters): look again
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -208,11 +229,11 @@ class RedisConsumer(Consumer):
             with self._broker._errors():
                 await self._broker._client.xread(streams, count=1, block=max(int(block * 1000), 1))
 
-    def _ack_args(self, acks: Sequence[Delivery]) -> list[Any]:
-        """Acks as the fetch script reads them: groups of (stream's KEYS index, count, ids)."""
+    def _ack_args(self, tags: Sequence[Tag]) -> list[Any]:
+        """Acks as the scripts read them: groups of (stream's KEYS index, count, ids)."""
         by_stream: dict[str, list[bytes]] = {}
-        for d in acks:
-            by_stream.setdefault(d.tag[0], []).append(d.tag[1])
+        for tag in tags:
+            by_stream.setdefault(tag[0], []).append(tag[1])
         args: list[Any] = [len(by_stream)]
         for stream, ids in by_stream.items():
             args += [self._key_index[stream], len(ids), *ids]
@@ -221,7 +242,12 @@ class RedisConsumer(Consumer):
     async def _take(
         self, limit: int, ack_args: Sequence[Any]
     ) -> tuple[list[Delivery], float, list[bytes]]:
-        """One fetch call; deliveries it made are handed back if we are cancelled meanwhile."""
+        """One fetch call: its deliveries, the seconds until something comes due (-1:
+        nothing will), and each stream's id to wait after in ``XREAD BLOCK``.
+
+        No wake ids when the call returned entries, even if every one was garbage.
+        Deliveries it made are handed back if we are cancelled meanwhile.
+        """
         self._rotation += 1
         rotation = self._rotation % len(self.queues)
         args = ["fetch", GROUP, self._me, limit, self._lease_ms, rotation, *ack_args]
@@ -236,21 +262,24 @@ class RedisConsumer(Consumer):
         return await self._deliveries(rows), due_in / 1000, wake_ids
 
     async def _deliveries(self, rows: list[list[Any]]) -> list[Delivery]:
+        """Deliveries of the fetched entries; an entry that holds no message is buried."""
         deliveries = []
         for q, p, entry_id, count, head, body in rows:
             queue = self.queues[q]
             tag: Tag = (self._broker._keys.stream(queue, p), entry_id, p, head, body)
             try:
                 message = _message(head, body)
-            except (ValueError, TypeError) as exc:
+            except MessageError as exc:
                 await self._bury_garbage(queue, tag, f"undecodable stream entry: {exc}")
                 continue
             deliveries.append(Delivery(message, queue, count, tag))
         return deliveries
 
     async def _bury_garbage(self, queue: str, tag: Tag, reason: str) -> None:
+        """Dead-letter an entry's raw bytes (``h`` then ``b``), then ack it away."""
         await self._broker._dead_letter_raw(queue, tag[3] + tag[4], reason)
         await self._ack_tags([tag])
+        logger.error("dead-lettered entry %s of %s: %s", tag[1].decode(), tag[0], reason)
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> None:
         await self._ack_tags([d.tag for d in deliveries])
@@ -261,18 +290,9 @@ class RedisConsumer(Consumer):
         await self._ack_tags([d.tag for d in deliveries], writes)
 
     async def _ack_tags(self, tags: Sequence[Tag], writes: Sequence[StorageWrite] = ()) -> None:
-        by_stream: dict[str, list[bytes]] = {}
-        for tag in tags:
-            by_stream.setdefault(tag[0], []).append(tag[1])
-        client = self._broker._client
-        with self._broker._errors():
-            async with client.pipeline(transaction=True) as pipe:
-                for write in writes:
-                    pipe.execute_command(write.statement, *write.args)
-                for stream, ids in by_stream.items():
-                    pipe.xack(stream, GROUP, *ids)
-                    pipe.xdel(stream, *ids)
-                await pipe.execute()
+        """One script call: the writes, then the acks of the entries still ours."""
+        args = ["ack", GROUP, self._me, *write_args(writes), *self._ack_args(tags)]
+        await self._broker._run(self._keys, args)
 
     async def _release(
         self, deliveries: Sequence[Delivery], not_before: float | None, *, uncount: bool

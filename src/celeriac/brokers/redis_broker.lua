@@ -118,20 +118,33 @@ local function bury_consumer(base, group, consumer)
   for p = 0, 9 do redis.pcall('XGROUP', 'DELCONSUMER', KEYS[base + 3 + p], group, consumer) end
 end
 
--- Settle acks sent with a fetch: ARGV from `at` on is a count of groups, then per
--- group the KEYS index of a stream, a count of ids, the ids.
-local function ack_from(at, group)
+-- Settle acks: ARGV from `at` on is a count of groups, then per group the KEYS
+-- index of a stream, a count of ids, the ids. Only entries `me` still holds:
+-- once another consumer took one over (our lease lapsed), it is theirs to ack.
+local function ack_from(at, group, me)
   local groups = tonumber(ARGV[at] or 0)
   at = at + 1
   for _ = 1, groups do
     local stream, n = KEYS[tonumber(ARGV[at])], tonumber(ARGV[at + 1])
     local ids = {}
-    for i = 1, n do ids[i] = ARGV[at + 1 + i] end
-    redis.call('XACK', stream, group, unpack(ids))
-    redis.call('XDEL', stream, unpack(ids))
+    for i = 1, n do
+      local id = ARGV[at + 1 + i]
+      if owner_of(stream, group, id) == me then ids[#ids + 1] = id end
+    end
+    if #ids > 0 then
+      redis.call('XACK', stream, group, unpack(ids))
+      redis.call('XDEL', stream, unpack(ids))
+    end
     at = at + 2 + n
   end
   return at
+end
+
+-- KEYS: as fetch. ARGV: 'ack', group, me, then a result store's writes (see
+-- writes_from) and acks (see ack_from), made in that order, atomically.
+local function ack()
+  ack_from(writes_from(4), ARGV[2], ARGV[3])
+  return 1
 end
 
 -- KEYS: per queue, consumers, delayed, streams 0..9.
@@ -145,7 +158,7 @@ local function fetch()
   local group, me = ARGV[2], ARGV[3]
   local left, lease, rotation = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
   local nq = #KEYS / KEYS_PER_QUEUE
-  ack_from(writes_from(7), group)
+  ack_from(writes_from(7), group, me)
   local now = now_ms()
   local lapsed = {}
   for q = 0, nq - 1 do
@@ -318,7 +331,8 @@ local function requeue()
 end
 
 local commands = {
-  fetch = fetch, publish = publish, beat = beat, release = release, bury = bury, leave = leave,
+  fetch = fetch, ack = ack, publish = publish, beat = beat, release = release, bury = bury,
+  leave = leave,
   stats = stats, purge = purge, requeue = requeue,
 }
 return commands[cmd]()

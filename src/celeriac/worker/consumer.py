@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import states
-from ..backends.base import ResultMeta, utcnow_iso
 from ..brokers.base import Consumer, Delivery
 from ..errors import BrokerError, TimeLimitExceeded
-from ..exception_codec import encode_exception
 from ..execution import Outcome
 from .context import WorkerContext
 from .executor import Executor
@@ -115,6 +113,7 @@ class TaskConsumer:
         broker = await self.app.abroker()
         name = f"{self.ctx.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         consumer = broker.consumer(self.queues, name)
+        consumer.on_dead_letter = self._dead_lettered
         for mw in self.middleware:
             await mw.startup(self.ctx)
         try:
@@ -176,36 +175,46 @@ class TaskConsumer:
             job = decode_job(self.app, self.ctx.codec, delivery, self.ctx.hostname)
         except Undeliverable as exc:
             self.stats.dead_lettered += 1
-            await consumer.dead_letter(delivery, str(exc))
-            await self._record_rejection(delivery, exc)
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            await consumer.dead_letter(delivery, str(exc), cause)
             return
         try:
-            await self._process(consumer, job)
+            outcome = await self._start(consumer, job)
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception(
-                "worker error handling %s[%s]; it will be delivered again", job.name, job.id
+                "worker error before running %s[%s]; it will be delivered again", job.name, job.id
             )
             with contextlib.suppress(Exception):
                 await consumer.requeue(delivery, delay=1.0)
-
-    async def _record_rejection(self, delivery: Delivery, exc: Undeliverable) -> None:
-        """Tell a waiting caller why its task will never run (REJECTED), if it has an id."""
-        task_id = delivery.message.headers.get("id")
-        if not isinstance(task_id, str) or not task_id:
+            return
+        if outcome is None:
             return
         try:
-            backend = await self.app.abackend()
-            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-            meta = ResultMeta(
-                task_id, states.REJECTED, encode_exception(cause), date_done=utcnow_iso()
+            await self._finish(consumer, job, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The task ran: handing it back would run it again.
+            logger.exception(
+                "worker error after %s[%s] ran; acknowledged, not run again", job.name, job.id
             )
-            await backend.store(meta, reply_to=delivery.message.properties.get("reply_to") or None)
-        except Exception as store_exc:
-            logger.warning("could not record the rejection of %s: %s", task_id, store_exc)
+            if job.task.acks_late:
+                with contextlib.suppress(Exception):
+                    await consumer.ack(job.delivery)
 
-    async def _process(self, consumer: Consumer, job: Job) -> None:
+    async def _dead_lettered(
+        self, delivery: Delivery, reason: str, cause: BaseException | None
+    ) -> None:
+        for mw in self.middleware:
+            try:
+                await mw.dead_lettered(self.ctx, delivery, reason, cause)
+            except Exception:
+                logger.exception("%s failed on a dead letter", type(mw).__name__)
+
+    async def _start(self, consumer: Consumer, job: Job) -> Outcome | None:
+        """Run the task (or take a middleware's decision instead); None: handed back."""
         decision: Skip | Defer | None = None
         for mw in self.middleware:
             decision = await mw.before_task(self.ctx, job)
@@ -213,15 +222,44 @@ class TaskConsumer:
                 break
         if isinstance(decision, Defer):
             await consumer.requeue(job.delivery, decision.delay, count=False)
-            return
+            return None
         if isinstance(decision, Skip):
-            outcome = decision.outcome
-        else:
-            async with self._slots:
-                if self._stopping.is_set():  # prefetched, never started: hand it back
-                    await consumer.requeue(job.delivery, count=False)
-                    return
-                outcome = await self._run(consumer, job)
+            return decision.outcome
+        if not await self._take_slot():  # prefetched, never started: hand it back
+            await consumer.requeue(job.delivery, count=False)
+            return None
+        try:
+            return await self._run(consumer, job)
+        finally:
+            self._slots.release()
+
+    async def _take_slot(self) -> bool:
+        """Wait for a free task slot; False if a stop comes first.
+
+        A prefetched delivery waiting for a slot goes back to the broker as
+        soon as a warm shutdown begins, not once a running task ends.
+        """
+        if self._stopping.is_set():
+            return False
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            return True
+        slot = asyncio.ensure_future(self._slots.acquire())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((slot, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not slot.done():
+                slot.cancel()
+        if slot.cancelled() or not slot.done():
+            return False
+        if self._stopping.is_set():
+            self._slots.release()
+            return False
+        return True
+
+    async def _finish(self, consumer: Consumer, job: Job, outcome: Outcome) -> None:
         for mw in self.middleware:
             outcome = await mw.after_task(self.ctx, job, outcome)
         await self._settle(consumer, job, outcome)
@@ -246,7 +284,8 @@ class TaskConsumer:
         if outcome.state == states.REJECTED and outcome.requeue:
             await consumer.requeue(job.delivery)
         elif outcome.state == states.REJECTED:
-            await consumer.dead_letter(job.delivery, f"rejected by the task: {outcome.exc}")
+            reason = f"rejected by the task: {outcome.exc}"
+            await consumer.dead_letter(job.delivery, reason, outcome.exc)
         elif job.task.acks_late:
             await consumer.ack(job.delivery, job.ack_writes)
         if (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ...brokers.base import Delivery
 from ...execution import Outcome
 from ..job import Job
 
@@ -50,3 +51,9 @@ class Middleware:
 
     async def after_task(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> Outcome:
         return outcome
+
+    async def dead_lettered(
+        self, ctx: WorkerContext, delivery: Delivery, reason: str, cause: BaseException | None
+    ) -> None:
+        """After ``delivery`` went to the dead-letter store: undecodable, unknown task,
+        delivered too many times, or rejected by the task (``cause``, if any, says why)."""

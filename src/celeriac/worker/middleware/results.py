@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ... import states
 from ...backends.base import ResultBackend, ResultMeta, utcnow_iso
-from ...errors import SerializationError
+from ...brokers.base import Delivery
+from ...errors import DeadLettered, SerializationError
 from ...exception_codec import encode_exception
 from ...execution import Outcome
 from ...shared_storage import same_storage
@@ -14,15 +16,20 @@ from ..context import WorkerContext
 from ..job import Job
 from .base import Middleware
 
+logger = logging.getLogger("celeriac.worker")
+
 
 class Results(Middleware):
-    """Stores each task's state and outcome.
+    """Stores each task's state and outcome, fenced by its delivery (``fence``).
 
     When the broker keeps its messages in the result store's database (one
     SQLite file, one Redis database), a plain task's outcome goes with its
     ack instead: one transaction or round trip for both, and the next fetch
     usually carries them. Not for tasks that a chord counts or that have
     callbacks or a chain: those expect the result stored before they go on.
+
+    A dead-lettered task is stored as REJECTED with the reason, so a caller
+    waiting in ``get()`` learns it will never run.
     """
 
     async def task_started(self, ctx: WorkerContext, job: Job) -> None:
@@ -31,11 +38,13 @@ class Results(Middleware):
             meta = ResultMeta(
                 job.id, states.STARTED, {"pid": os.getpid(), "hostname": ctx.hostname}
             )
-            await backend.store(meta, reply_to=job.request.reply_to)
+            await backend.store(meta, reply_to=job.request.reply_to, fence=fence(job.delivery))
 
     async def after_task(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> Outcome:
         if job.request.ignore_result or outcome.state == states.IGNORED:
             return outcome
+        if outcome.state == states.REJECTED and not outcome.requeue:
+            return outcome  # dead-lettered next: stored by `dead_lettered`
         backend = await ctx.app.abackend()
         with_ack = job.task.acks_late and not _goes_on(job) and await _shares(ctx, backend)
         try:
@@ -45,13 +54,28 @@ class Results(Middleware):
             await self._store(backend, self._meta(ctx, job, outcome), job, with_ack)
         return outcome
 
+    async def dead_lettered(
+        self, ctx: WorkerContext, delivery: Delivery, reason: str, cause: BaseException | None
+    ) -> None:
+        task_id = delivery.message.headers.get("id")
+        if not isinstance(task_id, str) or not task_id:
+            return
+        error = cause if isinstance(cause, Exception) else DeadLettered(reason)
+        meta = ResultMeta(task_id, states.REJECTED, encode_exception(error), date_done=utcnow_iso())
+        try:
+            backend = await ctx.app.abackend()
+            reply_to = delivery.message.properties.get("reply_to") or None
+            await backend.store(meta, reply_to=reply_to, fence=fence(delivery))
+        except Exception as exc:
+            logger.warning("could not record the rejection of %s: %s", task_id, exc)
+
     async def _store(
         self, backend: ResultBackend, meta: ResultMeta, job: Job, with_ack: bool
     ) -> None:
         if with_ack and meta.status in _WITH_ACK:
-            job.ack_writes = backend.store_writes(meta)
+            job.ack_writes = backend.store_writes(meta, fence=fence(job.delivery))
         else:
-            await backend.store(meta, reply_to=job.request.reply_to)
+            await backend.store(meta, reply_to=job.request.reply_to, fence=fence(job.delivery))
 
     def _meta(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> ResultMeta:
         if outcome.state == states.SUCCESS:
@@ -82,6 +106,21 @@ class Results(Middleware):
 
 
 _WITH_ACK = frozenset({states.SUCCESS, states.FAILURE})
+
+
+def fence(delivery: Delivery) -> int:
+    """The fence of the result writes made for ``delivery``: its message's
+    ``retries``, then its delivery count.
+
+    Both grow from one attempt of a task to the next: a retry is a new
+    message with ``retries + 1``, and a delivery taken over from a worker
+    whose lease lapsed counts one more. So a late worker's writes carry a
+    lower fence than those of the attempt that took over, and the store
+    drops them (``ResultBackend.store``).
+    """
+    retries = delivery.message.headers.get("retries")
+    attempt = retries if isinstance(retries, int) and retries > 0 else 0
+    return attempt << 32 | min(delivery.delivery_count, 0xFFFFFFFF)
 
 
 def _goes_on(job: Job) -> bool:
