@@ -192,7 +192,9 @@ async def test_a_store_between_the_read_and_the_wait_is_not_slept_through(
     await storer.store(meta(task_id, states.SUCCESS))
 
     began = time.monotonic()
-    await waiter._wait_changed(waiter.key_for(task_id), timeout=WAIT_INTERVAL, poll=WAIT_INTERVAL)
+    await waiter._wait_changed(
+        waiter.key_for(task_id), None, timeout=WAIT_INTERVAL, poll=WAIT_INTERVAL
+    )
 
     assert time.monotonic() - began < WAKE_LATENCY
 

@@ -91,6 +91,13 @@ class ResultMeta:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """A key's new value, as a store's wake-up delivered it (``_wait_changed``)."""
+
+    value: bytes | None
+
+
 def _fence_of(meta: ResultMeta, fence: int | None) -> int | None:
     return fence if fence is None or meta.status != states.SUCCESS else FINAL_FENCE
 
@@ -240,7 +247,9 @@ class ResultBackend(ABC):
 
     async def get(self, task_id: str) -> ResultMeta | None:
         """The stored meta, or None when the store has never seen the id."""
-        raw = await self._get(self.key_for(task_id))
+        return self._decode(task_id, await self._get(self.key_for(task_id)))
+
+    def _decode(self, task_id: str, raw: bytes | None) -> ResultMeta | None:
         if raw is None:
             return None
         try:
@@ -260,25 +269,32 @@ class ResultBackend(ABC):
         key = self.key_for(task_id)
         cap = interval if interval is not None else self.options.poll_interval
         poll = min(0.0005, cap)
+        raw = await self._get(key)
         while True:
-            meta = await self.get(task_id)
+            meta = self._decode(task_id, raw)
             if meta is not None and meta.ready:
                 return meta
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"the result of task {task_id} was not ready within {timeout}s")
-            await self._wait_changed(
-                key, remaining, poll if remaining is None else min(poll, remaining)
+            changed = await self._wait_changed(
+                key, raw, remaining, poll if remaining is None else min(poll, remaining)
             )
+            raw = changed.value if changed is not None else await self._get(key)
             poll = min(poll * 2, cap)
 
-    async def _wait_changed(self, key: str, timeout: float | None, poll: float) -> None:
-        """Return when ``key`` may have changed, or by ``timeout``.
+    async def _wait_changed(
+        self, key: str, seen: bytes | None, timeout: float | None, poll: float
+    ) -> Changed | None:
+        """Return when ``key`` may no longer hold ``seen`` (what was just read), or by
+        ``timeout``; with the new value when the store already has it (it is not
+        read again), else None.
 
         The default sleeps ``poll`` seconds (the base doubles it up to the
         poll interval); stores with wake-ups wait for one instead.
         """
         await asyncio.sleep(poll)
+        return None
 
     @abstractmethod
     async def connect(self) -> None:

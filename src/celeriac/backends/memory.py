@@ -29,10 +29,9 @@ import heapq
 import itertools
 import threading
 import time
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from .base import ResultBackend
+from .base import Changed, ResultBackend
 
 __all__ = ["MemoryBackend", "reset"]
 
@@ -77,16 +76,6 @@ class _Store:
 _stores: dict[str, _Store] = {}
 _stores_lock = threading.Lock()
 _seq = itertools.count(1)  # next() is atomic under the GIL
-
-_seen: ContextVar[tuple[str, int] | None] = ContextVar("celeriac_memory_seen", default=None)
-"""``(key, seq)`` of the entry the current task last read (0: none).
-
-``ResultBackend.wait`` reads, then waits; a write landing in between would
-be missed by a waiter registered afterwards. ``_wait_changed`` compares the
-entry now with the one its own task read (a context variable, so concurrent
-waits on one backend do not mix) and returns at once if it differs.
-"""
-
 
 def _store_for(url: str) -> _Store:
     with _stores_lock:
@@ -133,7 +122,6 @@ class MemoryBackend(ResultBackend):
         store = self._store
         with store.lock:
             entry = store.live(key, time.monotonic())
-        _seen.set((key, entry.seq if entry else 0))
         return entry.value if entry else None
 
     async def _set(
@@ -186,16 +174,17 @@ class MemoryBackend(ResultBackend):
             store.entries.pop(key, None)
             store.wake(key)
 
-    async def _wait_changed(self, key: str, timeout: float | None, poll: float) -> None:
+    async def _wait_changed(
+        self, key: str, seen: bytes | None, timeout: float | None, poll: float
+    ) -> Changed | None:
         """Wait for a write of ``key`` (``poll`` is ignored: writes wake us)."""
         store = self._store
         loop = asyncio.get_running_loop()
         waiter: _Waiter = (loop, loop.create_future())
-        seen = _seen.get()
         with store.lock:
             entry = store.live(key, time.monotonic())
-            if seen is None or seen != (key, entry.seq if entry else 0):
-                return
+            if (entry.value if entry else None) != seen:  # written since it was read
+                return None
             store.waiters.setdefault(key, []).append(waiter)
         try:
             async with asyncio.timeout(timeout):
@@ -209,3 +198,4 @@ class MemoryBackend(ResultBackend):
                     waiting.remove(waiter)
                     if not waiting:
                         del store.waiters[key]
+        return None

@@ -30,8 +30,8 @@ Waiting: one pub/sub connection per store object, shared by every waiter. A
 waiter subscribes to its key's channel (waiters of the same key share the
 subscription), and once Redis confirms it, reads the key once more: a write
 that landed between the base class's read and the subscription is not
-missed. A published value wakes the waiters of its key and is handed to the
-next read of each, which then skips its GET. If the pub/sub connection
+missed. A published value wakes the waiters of its key and is handed back to
+each (``Changed``), which then skips its GET. If the pub/sub connection
 drops, every waiter wakes and reads again. Waits never poll, except for a
 read every ``RECHECK`` seconds as a safety net.
 
@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -52,7 +51,7 @@ from ..errors import BackendError, ConfigurationError
 from ..redis_url import driver_errors, open_pool, storage_name
 from ..redis_writes import FENCED_SET, MAKE_WRITES, write_args
 from ..shared_storage import StorageWrite
-from .base import FENCE_PREFIX, BackendOptions, ResultBackend
+from .base import FENCE_PREFIX, BackendOptions, Changed, ResultBackend
 
 try:
     import redis.asyncio as aioredis
@@ -67,12 +66,6 @@ __all__ = ["RedisBackend"]
 
 RECHECK = 5.0
 """Longest wait on pub/sub before a waiter reads its key again anyway."""
-
-_seen: ContextVar[tuple[str, bytes | None] | None] = ContextVar("celeriac_redis_seen", default=None)
-"""``(key, value)`` the current task last read: the wait compares against it."""
-_fresh: ContextVar[tuple[str, bytes] | None] = ContextVar("celeriac_redis_fresh", default=None)
-"""``(key, value)`` a published message just delivered: the next read of the key uses it."""
-
 
 @dataclass(slots=True, eq=False)
 class _Channel:
@@ -227,15 +220,8 @@ class RedisBackend(ResultBackend):
         await self._client.aclose(close_connection_pool=True)
 
     async def _get(self, key: str) -> bytes | None:
-        fresh = _fresh.get()
-        if fresh is not None and fresh[0] == key:
-            _fresh.set(None)
-            value: bytes | None = fresh[1]
-        else:
-            with self._errors():
-                value = cast(bytes | None, await self._client.get(self._prefix + key))
-        _seen.set((key, value))
-        return value
+        with self._errors():
+            return cast(bytes | None, await self._client.get(self._prefix + key))
 
     async def _set(
         self, key: str, value: bytes, expires: float | None, fence: int | None = None
@@ -316,11 +302,11 @@ class RedisBackend(ResultBackend):
     def _add_writes(self, items: Sequence[tuple[str, bytes, float | None]]) -> list[StorageWrite]:
         return [_set(self._prefix + key, value, expires, "NX") for key, value, expires in items]
 
-    async def _wait_changed(self, key: str, timeout: float | None, poll: float) -> None:
-        """Return once ``key`` is written (pub/sub), or by ``timeout``; ``poll`` is not used."""
-        seen = _seen.get()
-        if seen is None or seen[0] != key:
-            return
+    async def _wait_changed(
+        self, key: str, seen: bytes | None, timeout: float | None, poll: float
+    ) -> Changed | None:
+        """Return once ``key`` is written (pub/sub), with the value published, or by
+        ``timeout``; ``poll`` is not used."""
         name = self._prefix + key
         channel = name.encode()
         entry, waiter = await self._subscriptions.join(channel)
@@ -329,17 +315,16 @@ class RedisBackend(ResultBackend):
                 await asyncio.shield(entry.confirmed)
                 with self._errors():
                     now = cast(bytes | None, await self._client.get(name))
-                if now != seen[1]:
-                    if now is not None:
-                        _fresh.set((key, now))
-                    return
+                if now != seen:  # written between the read and the subscription
+                    return Changed(now)
                 published = await waiter
                 if published is not None:
-                    _fresh.set((key, published))
+                    return Changed(published)
         except TimeoutError:
             pass
         finally:
             self._subscriptions.leave(channel, waiter)
+        return None
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         """redis-py's exceptions as BackendError, naming the URL (password hidden)."""

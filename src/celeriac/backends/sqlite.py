@@ -66,7 +66,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
@@ -74,7 +73,7 @@ from ..errors import BackendError
 from ..polling import Backoff, pause
 from ..shared_storage import StorageWrite
 from ..sqlite_url import parse_sqlite_url
-from .base import BackendOptions, ResultBackend
+from .base import BackendOptions, Changed, ResultBackend
 
 __all__ = ["SQLiteBackend", "TABLE"]
 
@@ -130,17 +129,6 @@ _BUSY_RETRIES = 5
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-_seen: ContextVar[tuple[str, bytes | None] | None] = ContextVar(
-    "celeriac_sqlite_seen", default=None
-)
-"""``(key, value)`` the current task last read.
-
-``ResultBackend.wait`` reads, then waits. A waiter registers the value it
-read, and the watcher wakes it once the row differs, so a commit landing
-between the read and the wait is not slept through. A context variable, so
-concurrent waits on one backend do not mix.
-"""
-
 _Waiter = tuple[bytes | None, asyncio.Future[None]]
 
 
@@ -194,9 +182,7 @@ class SQLiteBackend(ResultBackend):
             executor.shutdown(wait=False)
 
     async def _get(self, key: str) -> bytes | None:
-        value = await self._run(_select, key)
-        _seen.set((key, value))
-        return value
+        return await self._run(_select, key)
 
     async def _set(
         self, key: str, value: bytes, expires: float | None, fence: int | None = None
@@ -244,12 +230,16 @@ class SQLiteBackend(ResultBackend):
         await self._run(_delete, key)
         self._wake(key)
 
-    async def _wait_changed(self, key: str, timeout: float | None, poll: float) -> None:
-        """Return once the row of ``key`` differs from what this task read, or after ``poll``."""
-        seen = _seen.get()
-        if seen is None or seen[0] != key:
-            return
-        waiter: _Waiter = (seen[1], asyncio.get_running_loop().create_future())
+    async def _wait_changed(
+        self, key: str, seen: bytes | None, timeout: float | None, poll: float
+    ) -> Changed | None:
+        """Return once the row of ``key`` differs from ``seen``, or after ``poll``.
+
+        The waiter registers the value it read, and the watcher wakes it once
+        the row differs, so a commit landing between the read and the wait is
+        not slept through.
+        """
+        waiter: _Waiter = (seen, asyncio.get_running_loop().create_future())
         self._waiters.setdefault(key, []).append(waiter)
         self._recheck = True
         if self._watcher is None or self._watcher.done():
@@ -265,6 +255,7 @@ class SQLiteBackend(ResultBackend):
                 waiting.remove(waiter)
             if not waiting:
                 self._waiters.pop(key, None)
+        return None
 
     async def _watch(self) -> None:
         """Wake the waiters whose row differs from what they read, while any wait.

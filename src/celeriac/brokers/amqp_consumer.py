@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BrokerError, MessageError
 from ..protocol import Message, Outgoing, parse_timestamp
+from ..shared_storage import StorageWrite
 from .amqp_wire import COUNT_HEADER, NOT_BEFORE_HEADER, from_incoming, unavailable
 from .base import Consumer, Delivery, redact_url
 
@@ -95,7 +96,15 @@ class AmqpConsumer(Consumer):
         self._cancelled.clear()
         self._channel = None
 
-    async def _fetch(self, limit: int, timeout: float) -> list[Delivery]:
+    async def _ack_and_fetch(
+        self,
+        acks: Sequence[Delivery],
+        writes: Sequence[StorageWrite],
+        limit: int,
+        timeout: float,
+    ) -> list[Delivery]:
+        if acks:
+            await self._ack(acks)
         try:
             fresh = self._channel is None
             channel = await self._open(limit)
@@ -205,7 +214,10 @@ class AmqpConsumer(Consumer):
         with contextlib.suppress(Exception):
             await incoming.ack()
 
-    async def _ack(self, deliveries: Sequence[Delivery]) -> None:
+    async def _ack(
+        self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite] = ()
+    ) -> None:
+        """``writes`` never come: no result store shares RabbitMQ's storage."""
         for d in deliveries:
             await self._settle(d.tag)
 

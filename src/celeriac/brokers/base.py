@@ -244,7 +244,7 @@ class Consumer(ABC):
         writes, self._pending_writes = self._pending_writes, []
         self._fetching = True
         try:
-            deliveries = await self._ack_and_fetch(acks, limit, timeout, writes)
+            deliveries = await self._ack_and_fetch(acks, writes, limit, timeout)
         except BaseException:
             self._pending_acks[:0] = acks  # acks are idempotent: sending one twice is harmless
             self._pending_writes[:0] = writes  # and so are the writes of results
@@ -301,10 +301,7 @@ class Consumer(ABC):
             batch, self._pending_acks = self._pending_acks, []
             writes, self._pending_writes = self._pending_writes, []
             try:
-                if writes:
-                    await self._ack_with(batch, writes)
-                else:
-                    await self._ack(batch)
+                await self._ack(batch, writes)
             except BaseException:
                 self._pending_acks[:0] = batch
                 self._pending_writes[:0] = writes
@@ -386,31 +383,25 @@ class Consumer(ABC):
                 self.heartbeat_error = exc
                 logger.warning("heartbeat to %r failed: %s", self.broker, exc)
 
+    @abstractmethod
     async def _ack_and_fetch(
         self,
         acks: Sequence[Delivery],
+        writes: Sequence[StorageWrite],
         limit: int,
         timeout: float,
-        writes: Sequence[StorageWrite] = (),
     ) -> list[Delivery]:
-        """Settle the buffered ``acks``, then fetch; a broker may do both in one round trip."""
-        if writes:
-            await self._ack_with(acks, writes)
-        elif acks:
-            await self._ack(acks)
-        return await self._fetch(limit, timeout)
+        """Make ``writes`` and settle ``acks`` as ``_ack`` does, then lease up to ``limit``
+        deliveries, waiting up to ``timeout`` seconds for the first; in one round trip
+        or transaction where the broker can."""
 
-    async def _ack_with(
-        self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite]
+    @abstractmethod
+    async def _ack(
+        self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite] = ()
     ) -> None:
-        """``writes``, then ``_ack``, atomically; brokers with a ``storage`` supply it."""
-        raise NotImplementedError(f"{type(self).__name__} shares no storage with a result store")
-
-    @abstractmethod
-    async def _fetch(self, limit: int, timeout: float) -> list[Delivery]: ...
-
-    @abstractmethod
-    async def _ack(self, deliveries: Sequence[Delivery]) -> None: ...
+        """Make ``writes`` (only for a broker with a ``storage``), then acknowledge the
+        ``deliveries`` this consumer still holds, atomically. A delivery another
+        consumer took over after this one's lease lapsed is theirs to settle."""
 
     @abstractmethod
     async def _release(

@@ -39,6 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..protocol import Message, Outgoing, encode_envelope
+from ..shared_storage import StorageWrite
 from .base import Broker, BrokerOptions, Consumer, DeadLetter, Delivery, QueueStats
 
 __all__ = ["MemoryBroker", "reset_memory_broker"]
@@ -148,7 +149,15 @@ class MemoryConsumer(Consumer):
         self._state = broker._state
         self._owner = f"{name}#{secrets.token_hex(4)}"  # a namesake must not renew our leases
 
-    async def _fetch(self, limit: int, timeout: float) -> list[Delivery]:
+    async def _ack_and_fetch(
+        self,
+        acks: Sequence[Delivery],
+        writes: Sequence[StorageWrite],
+        limit: int,
+        timeout: float,
+    ) -> list[Delivery]:
+        if acks:
+            await self._ack(acks)
         deadline = time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         while True:
@@ -195,7 +204,10 @@ class MemoryConsumer(Consumer):
             return None
         return leased.pop(delivery.tag)
 
-    async def _ack(self, deliveries: Sequence[Delivery]) -> None:
+    async def _ack(
+        self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite] = ()
+    ) -> None:
+        """``writes`` never come: no result store shares this broker's storage."""
         with self._state.lock:
             for delivery in deliveries:
                 self._unlease(delivery)

@@ -201,15 +201,12 @@ class RedisConsumer(Consumer):
         self._lease_ms = max(int(self.options.lease_timeout * 1000), 1)
         self._rotation = 0
 
-    async def _fetch(self, limit: int, timeout: float) -> list[Delivery]:
-        return await self._ack_and_fetch((), limit, timeout)
-
     async def _ack_and_fetch(
         self,
         acks: Sequence[Delivery],
+        writes: Sequence[StorageWrite],
         limit: int,
         timeout: float,
-        writes: Sequence[StorageWrite] = (),
     ) -> list[Delivery]:
         """Buffered acks (and writes) travel in the fetch's own Lua call: one round trip."""
         deadline = time.monotonic() + timeout
@@ -281,11 +278,8 @@ class RedisConsumer(Consumer):
         await self._ack_tags([tag])
         logger.error("dead-lettered entry %s of %s: %s", tag[1].decode(), tag[0], reason)
 
-    async def _ack(self, deliveries: Sequence[Delivery]) -> None:
-        await self._ack_tags([d.tag for d in deliveries])
-
-    async def _ack_with(
-        self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite]
+    async def _ack(
+        self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite] = ()
     ) -> None:
         await self._ack_tags([d.tag for d in deliveries], writes)
 

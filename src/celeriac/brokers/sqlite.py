@@ -76,6 +76,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
@@ -541,7 +542,7 @@ class SQLiteConsumer(Consumer):
         self._pick = _pick_sql(len(self.queues))
         self._next_visible_sql = _next_visible_sql(len(self.queues))
         self._fast: sqlite3.Connection | None = None
-        """Leases taken on the event loop itself; never waits for a lock (see ``_take``)."""
+        """Leases taken on the event loop itself; never waits for a lock (see ``_take_here``)."""
         self._data_version = -1
         self._idle = False
         self._next_visible = 0.0
@@ -549,32 +550,24 @@ class SQLiteConsumer(Consumer):
     async def _ack_and_fetch(
         self,
         acks: Sequence[Delivery],
+        writes: Sequence[StorageWrite],
         limit: int,
         timeout: float,
-        writes: Sequence[StorageWrite] = (),
     ) -> list[Delivery]:
-        """The writes, the acks and the next lease in one job and one transaction."""
-        if not acks and not writes:
-            return await self._fetch(limit, timeout)
-        ids = orjson.dumps([d.tag for d in acks])
-        return await self._fetch(
-            limit, timeout, first=lambda db: self._ack_and_lease(db, ids, limit, writes)
-        )
-
-    async def _fetch(
-        self,
-        limit: int,
-        timeout: float,
-        first: Callable[[sqlite3.Connection], list[Row]] | None = None,
-    ) -> list[Delivery]:
+        """The writes, the acks and the first lease in one transaction; then, while
+        nothing is visible, looks again with backoff until ``timeout``."""
         deadline = time.monotonic() + timeout
         backoff = Backoff(self.options.poll_interval)
+        again: Callable[[sqlite3.Connection], list[Row]] = partial(self._look, limit=limit)
+        look = again
+        if acks or writes:
+            ids = orjson.dumps([d.tag for d in acks])
+            look = partial(self._ack_and_lease, ids=ids, limit=limit, writes=writes)
         while True:
-            look = first or (lambda db: self._look(db, limit))
-            first = None
             rows = self._take_here(look)
             if rows is None:  # the lock is taken: wait for it on the connection's thread
                 rows = await self._take_on_thread(look)
+            look = again  # the acks are settled by now
             if rows:
                 deliveries = await self._deliveries(rows)
                 if deliveries:
@@ -694,14 +687,13 @@ class SQLiteConsumer(Consumer):
             db.execute(LEASE, (self._owner, now + self.options.lease_timeout, ids))
         return rows
 
-    async def _ack(self, deliveries: Sequence[Delivery]) -> None:
-        ids = orjson.dumps([d.tag for d in deliveries])
-        await self._conn.run(lambda db: db.execute(ACK, (self._owner, ids)).close())
-
-    async def _ack_with(
-        self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite]
+    async def _ack(
+        self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite] = ()
     ) -> None:
         ids = orjson.dumps([d.tag for d in deliveries])
+        if not writes:
+            await self._conn.run(lambda db: db.execute(ACK, (self._owner, ids)).close())
+            return
         await self._conn.run(lambda db: _write(db, lambda db: self._settle(db, ids, writes)))
 
     def _settle(self, db: sqlite3.Connection, ids: bytes, writes: Sequence[StorageWrite]) -> None:
