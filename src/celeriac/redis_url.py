@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import ConfigurationError
+from .url_schemes import redact_url
 
 if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
@@ -81,8 +82,6 @@ def open_pool(url: str, *, blocking: bool = False, **overrides: Any) -> tuple[Co
         else:
             pool = Pool.from_url(plain, **kwargs)
     except ValueError as exc:
-        from .brokers.base import redact_url
-
         raise ConfigurationError(f"bad Redis URL {redact_url(url)}: {exc}") from exc
     pool.connection_class = _hiredis_packing(pool.connection_class)
     return pool, prefix
@@ -157,8 +156,6 @@ def driver_errors(
 ) -> Iterator[None]:
     """redis-py's exceptions as celeriac's, naming ``what`` and the URL (password hidden)."""
     from redis import exceptions as redis_errors
-
-    from .brokers.base import redact_url
 
     try:
         yield

@@ -1,4 +1,5 @@
-"""Finding the class for a URL's scheme, shared by the broker and result-store tables."""
+"""URLs of brokers and result stores: the class for a scheme (the URL tables use it), and
+how a URL is shown (never with its password)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,13 @@ def class_for_url(url: str, schemes: Mapping[str, Callable[[], T]], what: str) -
     if factory is None:
         raise ConfigurationError(f"unknown {what} scheme {scheme!r} in {url!r}; known: {known}")
     return factory()
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and banners)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, at, host = rest.rpartition("@")
+    user, colon, _password = creds.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}{at}{host}"

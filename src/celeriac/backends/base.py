@@ -23,6 +23,7 @@ from .. import states
 from ..errors import BackendError, TimeoutError
 from ..serialization import Codec, resolve_name
 from ..shared_storage import StorageWrite
+from ..url_schemes import redact_url
 
 __all__ = ["BackendOptions", "ResultBackend", "ResultMeta", "TASK_KEY_PREFIX"]
 
@@ -345,6 +346,4 @@ class ResultBackend(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no storage a broker can share")
 
     def __repr__(self) -> str:
-        from ..brokers.base import redact_url
-
         return f"<{type(self).__name__} {redact_url(self.url)}>"

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import states
 from ..brokers.amqp_wire import open_connection, split_url
-from ..brokers.base import redact_url
 from ..errors import BackendError, ConfigurationError, SerializationError
+from ..url_schemes import redact_url
 from .base import ResultMeta
 from .memory import MemoryBackend
 

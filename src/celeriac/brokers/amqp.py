@@ -88,6 +88,7 @@ import orjson
 
 from ..errors import BrokerError, ConfigurationError
 from ..protocol import Message, Outgoing
+from ..url_schemes import redact_url
 from .amqp_consumer import AmqpConsumer
 from .amqp_wire import (
     DEAD_HEADER,
@@ -98,7 +99,7 @@ from .amqp_wire import (
     to_properties,
     unavailable,
 )
-from .base import Broker, BrokerOptions, DeadLetter, QueueStats, redact_url
+from .base import Broker, BrokerOptions, DeadLetter, QueueStats
 
 if TYPE_CHECKING:
     from aio_pika.abc import (

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BrokerError, MessageError
 from ..protocol import Message, Outgoing, parse_timestamp
 from ..shared_storage import StorageWrite
+from ..url_schemes import redact_url
 from .amqp_wire import COUNT_HEADER, NOT_BEFORE_HEADER, from_incoming, unavailable
-from .base import Consumer, Delivery, redact_url
+from .base import Consumer, Delivery
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractIncomingMessage

@@ -21,7 +21,7 @@ import orjson
 
 from ..errors import BrokerUnavailable, ConfigurationError
 from ..protocol import Message
-from .base import redact_url
+from ..url_schemes import redact_url
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractConnection, AbstractIncomingMessage

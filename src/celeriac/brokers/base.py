@@ -32,6 +32,7 @@ from typing import Any
 
 from ..protocol import Message, Outgoing
 from ..shared_storage import StorageWrite
+from ..url_schemes import redact_url
 
 logger = logging.getLogger("celeriac.broker")
 
@@ -417,12 +418,3 @@ class Consumer(ABC):
     async def _close(self) -> None:  # noqa: B027 - optional hook
         """Release the consumer's own resources, if it has any."""
 
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs and banners)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, at, host = rest.rpartition("@")
-    user, colon, _password = creds.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}{at}{host}"

@@ -92,6 +92,7 @@ from ..protocol import Message, Outgoing, encode_envelope
 from ..redis_url import driver_errors, open_pool, storage_name
 from ..redis_writes import WRITES_FROM, write_args
 from ..shared_storage import StorageWrite
+from ..url_schemes import redact_url
 from .base import (
     Broker,
     BrokerOptions,
@@ -100,7 +101,6 @@ from .base import (
     Delivery,
     QueueStats,
     logger,
-    redact_url,
 )
 
 try:

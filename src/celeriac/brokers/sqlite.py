@@ -87,6 +87,7 @@ from ..polling import Backoff
 from ..protocol import Message, Outgoing, encode_envelope
 from ..shared_storage import StorageWrite
 from ..sqlite_url import parse_sqlite_url
+from ..url_schemes import redact_url
 from .base import (
     Broker,
     BrokerOptions,
@@ -95,7 +96,6 @@ from .base import (
     Delivery,
     QueueStats,
     logger,
-    redact_url,
 )
 
 __all__ = ["DEAD_LETTERS_TABLE", "MESSAGES_TABLE", "SQLiteBroker"]
