@@ -255,3 +255,19 @@ def test_none_or_zero_turns_the_limit_off(make_app: MakeApp, off: int | None) ->
     n = 10 * MiB + 1  # over the default
     with worker_thread(app, concurrency=1):
         assert echo.delay("x" * n).get(timeout=30) == n
+
+
+def test_a_retry_with_arguments_over_the_limit_fails_the_task() -> None:
+    from celeriac.testing import memory_app, worker_thread
+
+    app = memory_app(task_message_max_size=1000)
+
+    @app.task(bind=True)
+    def grow(self: Task[[str], str], text: str) -> str:
+        raise self.retry(args=(text * 1000,), countdown=0)
+
+    try:
+        with worker_thread(app), pytest.raises(MessageTooLarge):
+            grow.delay("x").get(timeout=10)
+    finally:
+        app.close()

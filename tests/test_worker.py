@@ -90,6 +90,24 @@ def test_retry_goes_through_the_broker_with_countdown(app: Celeriac) -> None:
     assert attempts[2][1] - attempts[1][1] >= 0.25
 
 
+def test_retry_with_new_arguments_keeps_the_messages_serializer() -> None:
+    from celeriac.testing import memory_app
+
+    app = memory_app(accept_content=["json", "msgpack"])
+
+    @app.task(bind=True)
+    def step(self: Task[[int], int], n: int) -> int:
+        if n == 0:
+            raise self.retry(args=(n + 1,), countdown=0)
+        return n
+
+    try:
+        with worker_thread(app):
+            assert step.apply_async((0,), serializer="msgpack").get(timeout=10) == 1
+    finally:
+        app.close()
+
+
 def test_autoretry_with_backoff_then_failure(app: Celeriac) -> None:
     attempts: list[float] = []
 

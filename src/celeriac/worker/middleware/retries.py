@@ -12,9 +12,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from ... import states
-from ...errors import Retry
+from ...errors import MessageTooLarge, Retry
 from ...execution import Outcome, autoretry_countdown
 from ...protocol import Message, Outgoing, TaskBody
+from ...sending import check_message_size
 from ..context import WorkerContext
 from ..job import Job
 from .base import Middleware
@@ -36,7 +37,10 @@ class Retries(Middleware):
             return outcome
         retry = outcome.exc if isinstance(outcome.exc, Retry) else Retry()
         countdown = outcome.retry_countdown or 0.0
-        await self._republish(ctx, job, retry, countdown)
+        try:
+            await self._republish(ctx, job, retry, countdown)
+        except MessageTooLarge as exc:  # the new arguments: the task fails with why
+            return Outcome(states.FAILURE, exc=exc, runtime=outcome.runtime)
         return outcome
 
     async def _republish(
@@ -57,8 +61,9 @@ class Retries(Middleware):
                 job.body.chain,
                 job.body.chord,
             )
-            serializer = job.task.serializer or ctx.app.conf.task_serializer
-            body_bytes, _, _ = ctx.codec.dumps(body.to_payload(), serializer)
+            # Encoded as the message was, since its content type goes with it.
+            body_bytes, _, _ = ctx.codec.dumps(body.to_payload(), message.content_type)
+            check_message_size(ctx.app.conf.task_message_max_size, job.name, body_bytes)
         queue = str(retry.options.get("queue") or job.delivery.queue)
         priority = int(retry.options.get("priority", message.priority) or 0)
         new = Message(
