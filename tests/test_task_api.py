@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from celeriac import Celeriac, Task, shared_task, states
+from celeriac import Celeriac, EagerResult, Task, shared_task, states
+from celeriac._sync import run_sync
 from celeriac.errors import MaxRetriesExceededError, NotRegistered
+from celeriac.protocol import Message
+from celeriac.testing import memory_app
 
 
 def test_names_default_to_module_and_function(app: Celeriac) -> None:
@@ -112,6 +115,100 @@ def test_task_always_eager(app: Celeriac) -> None:
         return x + y
 
     assert add.delay(1, 2).get() == 3
+
+
+def _queued(app: Celeriac) -> int:
+    async def ready() -> int:
+        broker = await app.abroker()
+        return (await broker.stats(app.conf.task_default_queue)).ready
+
+    return run_sync(ready)
+
+
+def test_task_always_eager_on_signatures_too(app: Celeriac) -> None:
+    """``add.s(1, 2).delay()`` runs here as ``add.delay(1, 2)`` does: nothing is published."""
+    app.conf.task_always_eager = True
+
+    @app.task(bind=True)
+    def add(self: Task[[int, int], list[object]], x: int, y: int) -> list[object]:
+        return [x + y, self.request.is_eager]
+
+    for result in (
+        add.s(1, 2).delay(),
+        add.s(1).apply_async((2,), countdown=60),
+        add.signature((1, 2)).apply_async(),
+        app.signature(add.name, (1, 2)).delay(),
+        run_sync(lambda: add.s(1, 2).adelay()),
+    ):
+        assert isinstance(result, EagerResult)
+        assert result.get() == [3, True]
+    assert _queued(app) == 0
+    with pytest.raises(TypeError, match="add"):
+        add.s(1).delay()  # the task's argument check applies to its signatures too
+
+
+def test_a_signature_sends_with_its_tasks_options(app: Celeriac) -> None:
+    @app.task(queue="reports", priority=7, serializer="msgpack", time_limit=9, expires=60)
+    def report(x: int) -> int:
+        return x
+
+    app.conf.accept_content = ["json", "msgpack"]
+    sent = [report.delay(1), report.s(1).delay(), app.send_task(report.name, (1,))]
+    messages: list[Message] = []
+
+    async def take() -> None:
+        consumer = (await app.abroker()).consumer(["reports"], "test")
+        while len(messages) < len(sent):
+            messages.extend(d.message for d in await consumer.fetch(len(sent), 1.0))
+        await consumer.close()
+
+    run_sync(take)
+    assert {m.headers["id"] for m in messages} == {r.id for r in sent}
+    for message in messages:
+        assert message.priority == 7
+        assert message.content_type == "application/x-msgpack"
+        assert message.headers["timelimit"] == [9, None]
+        assert message.headers["expires"] is not None
+
+
+def test_retry_settings_are_the_defaults_a_tasks_own_option_wins() -> None:
+    app = memory_app(task_max_retries=5, task_default_retry_delay=7.5)
+
+    @app.task
+    def plain() -> None: ...
+
+    @app.task(max_retries=1, default_retry_delay=2)
+    def own() -> None: ...
+
+    @app.task(max_retries=None)
+    def forever() -> None: ...
+
+    assert (plain.max_retries, plain.default_retry_delay) == (5, 7.5)
+    assert (own.max_retries, own.default_retry_delay) == (1, 2)
+    assert forever.max_retries is None
+    app.close()
+    celery_defaults = memory_app()
+
+    @celery_defaults.task
+    def default() -> None: ...
+
+    assert (default.max_retries, default.default_retry_delay) == (3, 180.0)
+    celery_defaults.close()
+
+
+def test_eager_retries_follow_task_max_retries() -> None:
+    app = memory_app(task_max_retries=2)
+    seen: list[int] = []
+
+    @app.task(bind=True)
+    def always(self: Task[[], None]) -> None:
+        seen.append(self.request.retries)
+        raise self.retry()
+
+    with pytest.raises(MaxRetriesExceededError):
+        always.apply()
+    assert seen == [0, 1, 2]
+    app.close()
 
 
 def test_async_task_apply(app: Celeriac) -> None:

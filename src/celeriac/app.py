@@ -3,17 +3,18 @@
 Connections are per event loop: each loop that sends or reads results gets
 its own broker and result-store instances, connected on first use (sync
 calls use their thread's private loop; see ``_sync``).
+
+The top of the core: the layers below (``task``, ``canvas``, ``result``,
+``sending``) are handed the app and never import this module; what they need
+of "the current app" lives in ``request``, which this module sets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 import os
 import sys
-import threading
-import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,26 +25,21 @@ from .backends import backend_class, backend_from_url
 from .backends.base import BackendOptions, ResultBackend
 from .brokers import broker_from_url
 from .brokers.base import Broker, BrokerOptions
-from .canvas import Signature, as_signature_list, register_builtins
+from .canvas import Signature, register_builtins
 from .errors import ConfigurationError, NotRegistered
 from .protocol import Outgoing
+from .request import current_app, current_app_if_any, set_current_app, set_default_app
 from .result import AsyncResult
-from .sending import SendOptions, build_outgoing
+from .sending import SendOptions, build_outgoing, publish
 from .serialization import Codec
 from .settings import Settings
-from .shared_storage import same_storage
-from .sqlite_url import DEFAULT_URL
+from .sqlite.url import DEFAULT_URL
 from .task import AsyncTask, Task
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 __all__ = ["Celeriac", "Celery", "current_app", "shared_task"]
-
-logger = logging.getLogger("celeriac")
-
-_current: Celeriac | None = None
-_current_lock = threading.Lock()
 
 
 class _TaskDecorator(Protocol):
@@ -129,8 +125,8 @@ class Celeriac:
             asyncio.AbstractEventLoop, _LoopConnections
         ] = weakref.WeakKeyDictionary()
         self._codec: Codec | None = None
-        self._reply_queue: tuple[tuple[str, int], str | None] | None = None
-        """((result store URL, pid), reply queue): see ``reply_queue``."""
+        self._reply_queue: tuple[tuple[str | None, str | None, int], str | None] | None = None
+        """((broker URL, result_backend, pid), reply queue): see ``reply_queue``."""
         register_builtins(self)
         self._builtins = frozenset(self.tasks)
         for fn, options in _shared_tasks:
@@ -143,9 +139,7 @@ class Celeriac:
         return f"<Celeriac {self.main}>"
 
     def set_current(self) -> None:
-        global _current
-        with _current_lock:
-            _current = self
+        set_current_app(self)
 
     # -- configuration -------------------------------------------------------
     def config_from_object(self, obj: object | str, namespace: str | None = None) -> None:
@@ -181,11 +175,13 @@ class Celeriac:
     @property
     def reply_queue(self) -> str | None:
         """What this process's tasks carry as ``reply_to``: the queue results come
-        back on, with an ``rpc://`` result store; None with stores that are read."""
-        url = self.result_backend_url
+        back on, with an ``rpc://`` result store; None with stores that are read.
+        Worked out once per process and pair of URLs (every send reads it)."""
+        key = (self.conf.broker_url, self.conf.result_backend, os.getpid())
         known = self._reply_queue
-        if known is None or known[0] != (url, os.getpid()):
-            known = ((url, os.getpid()), backend_class(url).reply_queue_for(url))
+        if known is None or known[0] != key:
+            url = self.result_backend_url
+            known = (key, backend_class(url).reply_queue_for(url))
             self._reply_queue = known
         return known[1]
 
@@ -313,25 +309,31 @@ class Celeriac:
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[Any]:
-        """Send a task by name (it need not be registered here)."""
-        opts = SendOptions.from_kwargs(options)
-        return run_sync(lambda: self.asend_task(name, args, kwargs, options=opts))
+        """Send a task by name (it need not be registered here; eager mode does not apply)."""
+        outgoing = self._by_name(name, args, kwargs, options)
+        run_sync(lambda: publish(self, [outgoing]))
+        return AsyncResult(outgoing.message.id, self, name)
 
     async def asend_task(
         self,
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        task: Task[Any, Any] | None = None,
-        options: SendOptions | None = None,
-        **more: Any,
+        **options: Any,
     ) -> AsyncResult[Any]:
-        opts = options if options is not None else SendOptions.from_kwargs(more)
-        task = task if task is not None else self.tasks.get(name)
-        outgoing = self.build_outgoing(name, args or (), kwargs or {}, opts, task)
-        await self.asend_outgoing([outgoing])
+        outgoing = self._by_name(name, args, kwargs, options)
+        await publish(self, [outgoing])
         return AsyncResult(outgoing.message.id, self, name)
+
+    def _by_name(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: Mapping[str, Any],
+    ) -> Outgoing:
+        opts = SendOptions.from_kwargs(options)
+        return build_outgoing(self, name, args or (), kwargs or {}, opts, self.tasks.get(name))
 
     def build_outgoing(
         self,
@@ -341,79 +343,12 @@ class Celeriac:
         opts: SendOptions,
         task: Task[Any, Any] | None = None,
     ) -> Outgoing:
-        if task is not None:
-            if opts.ignore_result is None:
-                opts.ignore_result = task.ignore_result
-            if opts.expires is None and task.expires is not None:
-                opts.expires = task.expires
-            if opts.serializer is None:
-                opts.serializer = task.serializer
-            if opts.time_limit is None:
-                opts.time_limit = task.time_limit
-            if opts.soft_time_limit is None:
-                opts.soft_time_limit = task.soft_time_limit
-        if opts.reply_to is None:
-            opts.reply_to = self.reply_queue
-        return build_outgoing(
-            self.conf,
-            self.codec,
-            name,
-            args,
-            kwargs,
-            opts,
-            default_queue=task.queue if task else None,
-            default_priority=task.priority if task else None,
-            redact=task.redact_kwargs if task else tuple(self.conf.task_redact_kwargs),
-            callbacks=as_signature_list(opts.link, self),
-            errbacks=as_signature_list(opts.link_error, self),
-        )
+        """The message for one call, as :func:`celeriac.sending.build_outgoing` makes it."""
+        return build_outgoing(self, name, args, kwargs, opts, task)
 
     async def asend_outgoing(self, batch: Sequence[Outgoing]) -> None:
-        """Publish, and record PENDING (so the id is known) with it.
-
-        When broker and result store share a database (the default SQLite
-        file, or one Redis database), the markers go with the messages in one
-        transaction or round trip. Otherwise both writes overlap; the marker is
-        set-if-absent, so it may land after a fast worker's result without
-        hiding it.
-        """
-        broker = await self.abroker()
-        pending = self._pending(batch) if self.conf.result_store_pending else []
-        if not pending:
-            if self.reply_queue is not None:
-                await self.abackend()  # the reply queue exists before any reply is sent
-            await broker.publish(batch)
-            return
-        backend = await self.abackend()
-        if same_storage(broker.storage, backend.storage):
-            await broker.publish(batch, writes=backend.pending_writes(pending))
-            return
-        # The marker first: a store that answers at once (SQLite on the loop)
-        # is done before the publish takes the write lock; a networked one
-        # overlaps its round trip with the publish's.
-        stored, published = await asyncio.gather(
-            backend.store_pending(pending), broker.publish(batch), return_exceptions=True
-        )
-        if isinstance(published, BaseException):
-            raise published
-        if isinstance(stored, BaseException):  # the tasks are sent: do not make callers resend
-            logger.warning("sent %d task(s) but could not record PENDING: %s", len(batch), stored)
-
-    def _pending(self, batch: Sequence[Outgoing]) -> list[tuple[str, float | None]]:
-        """(task id, seconds to keep its PENDING marker) for the tasks that store results.
-
-        A delayed task's marker is kept until ``result_expires`` after it is due.
-        """
-        expires = self.conf.result_expires
-        now = time.time()
-        return [
-            (
-                o.message.id,
-                None if o.not_before is None or expires is None else expires + o.not_before - now,
-            )
-            for o in batch
-            if not o.message.headers.get("ignore_result")
-        ]
+        """Publish these messages and record PENDING (:func:`celeriac.sending.publish`)."""
+        await publish(self, batch)
 
     def send_many(self, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:
         """Send many task calls in one broker round trip."""
@@ -421,13 +356,8 @@ class Celeriac:
         return run_sync(lambda: self.asend_many(sigs))
 
     async def asend_many(self, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:
-        batch = []
-        for sig in signatures:
-            opts = SendOptions.from_kwargs(sig.options)
-            batch.append(
-                self.build_outgoing(sig.task, sig.args, sig.kwargs, opts, self.tasks.get(sig.task))
-            )
-        await self.asend_outgoing(batch)
+        batch = [sig.outgoing(self) for sig in signatures]
+        await publish(self, batch)
         return [AsyncResult(o.message.id, self, o.message.task) for o in batch]
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
@@ -447,14 +377,7 @@ Celery = Celeriac
 
 _shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
 
-
-def current_app() -> Celeriac:
-    """The app most recently created (or set current); a default one if none."""
-    global _current
-    with _current_lock:
-        if _current is None:
-            _current = Celeriac("default", set_as_current=False)
-        return _current
+set_default_app(lambda: Celeriac("default", set_as_current=False))
 
 
 class _SharedTask:
@@ -490,8 +413,9 @@ def shared_task(
     def register(f: Callable[..., Any]) -> Any:
         _shared_tasks.append((f, options))
         name = options.get("name") or f"{f.__module__}.{f.__qualname__}"
-        if _current is not None:
-            _current._register(f, options)
+        app = current_app_if_any()
+        if app is not None:
+            app._register(f, options)
         return _SharedTask(name)
 
     return register(fn) if fn is not None else register

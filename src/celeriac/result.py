@@ -11,6 +11,7 @@ from ._sync import run_sync
 from .backends.base import ResultMeta
 from .errors import TaskRevokedError
 from .exception_codec import decode_exception
+from .request import current_app, current_request
 
 if TYPE_CHECKING:
     from .app import Celeriac
@@ -30,8 +31,6 @@ class AsyncResult(Generic[R]):
 
     def __init__(self, id: str, app: Celeriac | None = None, task_name: str | None = None):
         if app is None:
-            from .app import current_app
-
             app = current_app()
         self.id = id
         self.app = app
@@ -190,8 +189,6 @@ class EagerResult(AsyncResult[R]):
 
 
 def _refuse_inside_task() -> None:
-    from .request import current_request
-
     request = current_request.get()
     if request.id is not None and not request.is_eager:
         raise RuntimeError(
@@ -212,8 +209,6 @@ class GroupResult:
 
     def __init__(self, id: str, results: Sequence[AsyncResult[Any]], app: Celeriac | None = None):
         if app is None:
-            from .app import current_app
-
             app = current_app()
         self.id = id
         self.results = list(results)
@@ -295,8 +290,6 @@ class GroupResult:
     @classmethod
     async def arestore(cls, group_id: str, app: Celeriac | None = None) -> GroupResult | None:
         if app is None:
-            from .app import current_app
-
             app = current_app()
         backend = await app.abackend()
         ids = await backend.restore_group(group_id)

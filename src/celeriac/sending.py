@@ -1,19 +1,39 @@
-"""From a call (``apply_async``) to a broker-ready :class:`Outgoing` message.
+"""From a call (``apply_async``) to a published message: the sending layer.
 
-The typed :class:`SendOptions` is the one object that carries calling options
-from ``apply_async`` to the broker: a publish crosses ``Task.apply_async`` ->
-``Celeriac.send_outgoing`` -> ``Broker.publish``.
+A publish crosses three calls with one typed options object
+(:class:`SendOptions`): ``Task.apply_async`` -> :func:`publish` ->
+``Broker.publish``. Everything the message needs is decided in
+:func:`build_outgoing`, once, for every way of sending (``delay``,
+``apply_async``, ``Signature.delay``, ``send_task``, ``send_many``, canvas,
+callbacks sent by a worker). Each option comes from the first of these that
+has it:
 
-:func:`build_outgoing` is where every task message is made (``delay``,
-``apply_async``, ``send_task``, ``send_many``, canvas, callbacks sent by a
-worker), so it is where ``task_message_max_size`` is enforced: a message over
-it raises :class:`~celeriac.errors.MessageTooLarge` before anything is
-published or recorded.
+- the call's :class:`SendOptions`;
+- the task's own options (:class:`TaskOptions`; ``Task`` is one), when the
+  task is registered in the sending app. ``Task`` already folds the settings
+  that hold for it wherever it runs (``task_time_limit``,
+  ``task_soft_time_limit``, ``task_ignore_result``, ``task_redact_kwargs``)
+  into those options, since the worker reads them too;
+- the settings that route a message at send time: ``task_routes`` then
+  ``task_default_queue``, ``task_default_priority``, ``task_serializer``
+  (:func:`message_serializer`, also for a worker that re-encodes a retry).
+
+A task not registered here (``send_task`` by name) leaves its time limits to
+the worker's task and stores its result unless the call says otherwise.
+``task_message_max_size`` is enforced here too: a message over it raises
+:class:`~celeriac.errors.MessageTooLarge` before anything is published or
+recorded.
+
+The app is passed in, typed by the :class:`App` protocol, so this layer
+imports nothing above it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import difflib
 import fnmatch
+import logging
 import numbers
 import reprlib
 import time
@@ -21,14 +41,28 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
+from .backends.base import ResultBackend
+from .brokers.base import Broker
 from .errors import ConfigurationError, MessageTooLarge
 from .protocol import Message, Outgoing, TaskBody, nodename
 from .serialization import Codec
 from .settings import Settings
+from .shared_storage import same_storage
 
-__all__ = ["SendOptions", "build_outgoing", "check_message_size", "route_queue"]
+__all__ = [
+    "App",
+    "SendOptions",
+    "TaskOptions",
+    "build_outgoing",
+    "check_message_size",
+    "message_serializer",
+    "publish",
+    "route_queue",
+]
+
+logger = logging.getLogger("celeriac")
 
 _repr = reprlib.Repr()
 _repr.maxstring = 256
@@ -74,8 +108,6 @@ class SendOptions:
         """Build from ``apply_async(**options)``; unknown names are an error."""
         unknown = set(options) - _FIELD_NAMES - _IGNORED
         if unknown:
-            import difflib
-
             name = sorted(unknown)[0]
             close = difflib.get_close_matches(name, _FIELD_NAMES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -104,6 +136,40 @@ _IGNORED = frozenset(
         "typing",
     }
 )
+
+
+class App(Protocol):
+    """What sending needs of the app (``Celeriac`` is one)."""
+
+    @property
+    def conf(self) -> Settings: ...
+    @property
+    def codec(self) -> Codec: ...
+    @property
+    def reply_queue(self) -> str | None: ...
+    async def abroker(self) -> Broker: ...
+    async def abackend(self) -> ResultBackend: ...
+
+
+class TaskOptions(Protocol):
+    """A registered task's own options for its messages (``Task`` is one)."""
+
+    @property
+    def queue(self) -> str | None: ...
+    @property
+    def priority(self) -> int | None: ...
+    @property
+    def serializer(self) -> str | None: ...
+    @property
+    def time_limit(self) -> float | None: ...
+    @property
+    def soft_time_limit(self) -> float | None: ...
+    @property
+    def expires(self) -> float | datetime | None: ...
+    @property
+    def ignore_result(self) -> bool: ...
+    @property
+    def redact_kwargs(self) -> tuple[str, ...]: ...
 
 
 def _timestamp(value: float | datetime | str | None, now: float) -> float | None:
@@ -161,33 +227,46 @@ def check_message_size(limit: int | None, task_name: str, body: bytes) -> None:
         raise MessageTooLarge(task_name, len(body), limit)
 
 
-def build_outgoing(
-    conf: Settings,
-    codec: Codec,
+def message_serializer(
+    conf: Settings, task: TaskOptions | None, explicit: str | None = None
+) -> str:
+    """The serializer of a task's message: the call's, else the task's, else ``task_serializer``."""
+    return explicit or (task.serializer if task is not None else None) or conf.task_serializer
+
+
+def _wire_signatures(value: Any) -> list[dict[str, Any]] | None:
+    """``link=`` may be one signature or a list of them; the wire wants a list of dicts."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list | tuple) else [value]
+    out = []
+    for item in items:
+        if item is None:
+            continue
+        if not isinstance(item, Mapping):
+            raise TypeError(f"expected a signature, not {type(item).__name__}")
+        out.append(dict(item))
+    return out or None
+
+
+def _headers(
     task_name: str,
+    task_id: str,
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
     opts: SendOptions,
-    *,
-    default_queue: str | None = None,
-    default_priority: int | None = None,
-    redact: Sequence[str] = (),
-    callbacks: list[dict[str, Any]] | None = None,
-    errbacks: list[dict[str, Any]] | None = None,
-) -> Outgoing:
-    """The protocol v2 message for one task call, with its queue and delay.
-
-    Raises :class:`MessageTooLarge` if the encoded body is over
-    ``task_message_max_size``.
-    """
-    if not isinstance(args, list | tuple):
-        raise TypeError("task args must be a list or tuple")
-    if not isinstance(kwargs, Mapping):
-        raise TypeError("task keyword arguments must be a mapping")
-    now = time.time()
-    task_id = opts.task_id or str(uuid.uuid4())
-    eta_ts = _timestamp(opts.countdown, now) if opts.countdown else _timestamp(opts.eta, now)
-    expires_ts = _timestamp(opts.expires, now)
+    task: TaskOptions | None,
+    conf: Settings,
+    times: tuple[float | None, float | None],
+) -> dict[str, Any]:
+    """Protocol v2 headers: the call's options over the task's (see the module docstring)."""
+    time_limit, soft_time_limit, ignore_result = opts.time_limit, opts.soft_time_limit, False
+    if task is not None:
+        time_limit = task.time_limit if time_limit is None else time_limit
+        soft_time_limit = task.soft_time_limit if soft_time_limit is None else soft_time_limit
+        ignore_result = task.ignore_result
+    redact = task.redact_kwargs if task is not None else conf.task_redact_kwargs
+    eta_ts, expires_ts = times
     headers: dict[str, Any] = {
         "lang": "py",
         "task": task_name,
@@ -198,7 +277,7 @@ def build_outgoing(
         "group": opts.group_id,
         "group_index": opts.group_index,
         "retries": opts.retries,
-        "timelimit": [opts.time_limit, opts.soft_time_limit],
+        "timelimit": [time_limit, soft_time_limit],
         "root_id": opts.root_id or task_id,
         "parent_id": opts.parent_id,
         "argsrepr": opts.argsrepr if opts.argsrepr is not None else _repr.repr(tuple(args)),
@@ -206,7 +285,7 @@ def build_outgoing(
         if opts.kwargsrepr is not None
         else redacted_kwargs_repr(kwargs, redact),
         "origin": _ORIGIN,
-        "ignore_result": bool(opts.ignore_result),
+        "ignore_result": bool(ignore_result if opts.ignore_result is None else opts.ignore_result),
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
@@ -215,19 +294,104 @@ def build_outgoing(
         headers.update(opts.headers)
     if opts.extra_headers:
         headers.update(opts.extra_headers)
-    body = TaskBody(tuple(args), dict(kwargs), callbacks, errbacks, opts.chain, opts.chord)
-    serializer = opts.serializer or conf.task_serializer
-    payload, content_type, encoding = codec.dumps(body.to_payload(), serializer)
+    return headers
+
+
+def build_outgoing(
+    app: App,
+    task_name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    opts: SendOptions,
+    task: TaskOptions | None = None,
+) -> Outgoing:
+    """The protocol v2 message for one call of ``task_name``, with its queue and delay.
+
+    ``task`` is the registered task's own options (None: a task known only by
+    name). Raises :class:`MessageTooLarge` if the encoded body is over
+    ``task_message_max_size``.
+    """
+    if not isinstance(args, list | tuple):
+        raise TypeError("task args must be a list or tuple")
+    if not isinstance(kwargs, Mapping):
+        raise TypeError("task keyword arguments must be a mapping")
+    conf = app.conf
+    now = time.time()
+    task_id = opts.task_id or str(uuid.uuid4())
+    eta_ts = _timestamp(opts.countdown, now) if opts.countdown else _timestamp(opts.eta, now)
+    expires = opts.expires if opts.expires is not None or task is None else task.expires
+    headers = _headers(
+        task_name, task_id, args, kwargs, opts, task, conf, (eta_ts, _timestamp(expires, now))
+    )
+    body = TaskBody(
+        tuple(args),
+        dict(kwargs),
+        _wire_signatures(opts.link),
+        _wire_signatures(opts.link_error),
+        opts.chain,
+        opts.chord,
+    )
+    serializer = message_serializer(conf, task, opts.serializer)
+    payload, content_type, encoding = app.codec.dumps(body.to_payload(), serializer)
     check_message_size(conf.task_message_max_size, task_name, payload)
-    priority = opts.priority if opts.priority is not None else default_priority
+    priority = opts.priority if opts.priority is not None or task is None else task.priority
     if priority is None:
         priority = conf.task_default_priority or 0
-    queue = route_queue(conf, task_name, opts.queue or default_queue)
+    queue = route_queue(conf, task_name, opts.queue or (task.queue if task is not None else None))
     properties: dict[str, Any] = {
         "correlation_id": task_id,
-        "reply_to": opts.reply_to or "",
+        "reply_to": opts.reply_to or app.reply_queue or "",
         "delivery_mode": 2,
         "priority": priority,
     }
     message = Message(headers, payload, content_type, encoding, properties)
     return Outgoing(queue, message, priority, eta_ts if eta_ts and eta_ts > now else None)
+
+
+async def publish(app: App, batch: Sequence[Outgoing]) -> None:
+    """Publish, and record PENDING (so the id is known) with it.
+
+    When broker and result store share a database (the default SQLite
+    file, or one Redis database), the markers go with the messages in one
+    transaction or round trip. Otherwise both writes overlap; the marker is
+    set-if-absent, so it may land after a fast worker's result without
+    hiding it.
+    """
+    broker = await app.abroker()
+    pending = _pending(app.conf, batch) if app.conf.result_store_pending else []
+    if not pending:
+        if app.reply_queue is not None:
+            await app.abackend()  # the reply queue exists before any reply is sent
+        await broker.publish(batch)
+        return
+    backend = await app.abackend()
+    if same_storage(broker.storage, backend.storage):
+        await broker.publish(batch, writes=backend.pending_writes(pending))
+        return
+    # The marker first: a store that answers at once (SQLite on the loop)
+    # is done before the publish takes the write lock; a networked one
+    # overlaps its round trip with the publish's.
+    stored, published = await asyncio.gather(
+        backend.store_pending(pending), broker.publish(batch), return_exceptions=True
+    )
+    if isinstance(published, BaseException):
+        raise published
+    if isinstance(stored, BaseException):  # the tasks are sent: do not make callers resend
+        logger.warning("sent %d task(s) but could not record PENDING: %s", len(batch), stored)
+
+
+def _pending(conf: Settings, batch: Sequence[Outgoing]) -> list[tuple[str, float | None]]:
+    """(task id, seconds to keep its PENDING marker) for the tasks that store results.
+
+    A delayed task's marker is kept until ``result_expires`` after it is due.
+    """
+    expires = conf.result_expires
+    now = time.time()
+    return [
+        (
+            o.message.id,
+            None if o.not_before is None or expires is None else expires + o.not_before - now,
+        )
+        for o in batch
+        if not o.message.headers.get("ignore_result")
+    ]

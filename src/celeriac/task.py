@@ -8,11 +8,12 @@ type error for ``def add(x: int, y: int) -> int``. Each sync call has an
 
 from __future__ import annotations
 
+import enum
 import inspect
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, ParamSpec, TypeVar
 
 from . import states
 from ._sync import run_sync
@@ -21,9 +22,10 @@ from .canvas import Signature, chain, chunks, xmap, xstarmap
 from .errors import Ignore, MaxRetriesExceededError, Retry
 from .exception_codec import encode_exception
 from .execution import Outcome, autoretry_countdown, call_async, call_sync
+from .protocol import Outgoing
 from .request import Request, current_request
 from .result import AsyncResult, EagerResult
-from .sending import SendOptions
+from .sending import SendOptions, build_outgoing, publish
 
 if TYPE_CHECKING:
     from .app import Celeriac
@@ -32,6 +34,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 __all__ = ["AsyncTask", "Task"]
+
+
+class _Setting(enum.Enum):
+    """An option left to the app's setting (where None means something of its own)."""
+
+    FROM_SETTINGS = enum.auto()
+
+
+FROM_SETTINGS: Literal[_Setting.FROM_SETTINGS] = _Setting.FROM_SETTINGS
 
 
 class Task(Generic[P, R]):
@@ -44,8 +55,8 @@ class Task(Generic[P, R]):
         *,
         name: str,
         bind: bool = False,
-        max_retries: int | None = 3,
-        default_retry_delay: float = 180.0,
+        max_retries: int | Literal[_Setting.FROM_SETTINGS] | None = FROM_SETTINGS,
+        default_retry_delay: float | None = None,
         autoretry_for: tuple[type[BaseException], ...] = (),
         dont_autoretry_for: tuple[type[BaseException], ...] = (),
         retry_kwargs: Mapping[str, Any] | None = None,
@@ -70,15 +81,18 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.bind = bind
-        self.max_retries = max_retries
-        self.default_retry_delay = default_retry_delay
+        conf = app.conf
+        self.max_retries = conf.task_max_retries if max_retries is FROM_SETTINGS else max_retries
+        """None: retry for ever (``task_max_retries`` unless the task says)."""
+        self.default_retry_delay = (
+            conf.task_default_retry_delay if default_retry_delay is None else default_retry_delay
+        )
         self.autoretry_for = tuple(autoretry_for)
         self.dont_autoretry_for = tuple(dont_autoretry_for)
         self.retry_kwargs = dict(retry_kwargs or {})
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
         self.retry_jitter = retry_jitter
-        conf = app.conf
         self.acks_late = conf.task_acks_late if acks_late is None else acks_late
         self.reject_on_worker_lost = (
             conf.task_reject_on_worker_lost
@@ -138,9 +152,11 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> AsyncResult[R]:
         """Send the task; options are Celery's (countdown, eta, queue, priority, ...)."""
-        if self.app.conf.task_always_eager:
-            return self.apply(args, kwargs, **options)
-        return run_sync(lambda: self.aapply_async(args, kwargs, **options))
+        call = self._call(args, kwargs, options)
+        if isinstance(call, EagerResult):
+            return call
+        run_sync(lambda: publish(self.app, [call]))
+        return AsyncResult(call.message.id, self.app, self.name)
 
     async def aapply_async(
         self,
@@ -148,6 +164,19 @@ class Task(Generic[P, R]):
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[R]:
+        call = self._call(args, kwargs, options)
+        if isinstance(call, EagerResult):
+            return call
+        await publish(self.app, [call])
+        return AsyncResult(call.message.id, self.app, self.name)
+
+    def _call(
+        self,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: Mapping[str, Any],
+    ) -> EagerResult[R] | Outgoing:
+        """This call run here and now (``task_always_eager``), or its message to publish."""
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         args, kwargs = tuple(args or ()), dict(kwargs or {})
@@ -155,10 +184,7 @@ class Task(Generic[P, R]):
             self.check_arguments(args, kwargs)
         opts = SendOptions.from_kwargs(options)
         self._inherit_from_current(opts)
-        result: AsyncResult[R] = await self.app.asend_task(
-            self.name, args, kwargs, task=self, options=opts
-        )
-        return result
+        return build_outgoing(self.app, self.name, args, kwargs, opts, self)
 
     def _inherit_from_current(self, opts: SendOptions) -> None:
         """A task sent from inside a task is its child (root/parent ids)."""

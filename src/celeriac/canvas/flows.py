@@ -20,12 +20,13 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..protocol import Outgoing
+from ..result import AsyncResult, GroupResult
+from ..sending import publish
 from .signature import Signature, maybe_signature
 
 if TYPE_CHECKING:
     from ..app import Celeriac
-    from ..protocol import Outgoing
-    from ..result import AsyncResult, GroupResult
 
 __all__ = ["chain", "chord", "group"]
 
@@ -136,8 +137,6 @@ class group(Signature[Any]):  # noqa: N801 - Celery's name
         return len(self["kwargs"]["tasks"])
 
     def freeze(self, _id: str | None = None) -> GroupResult:  # type: ignore[override]
-        from ..result import GroupResult
-
         options = self["options"]
         group_id = _id or options.get("group_id") or options.get("task_id") or str(uuid.uuid4())
         options["group_id"] = group_id
@@ -178,7 +177,7 @@ class group(Signature[Any]):  # noqa: N801 - Celery's name
                 await call.asend(app)
         await result.asave_members()
         if batch:
-            await app.asend_outgoing(batch)
+            await publish(app, batch)
         return result
 
     def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:

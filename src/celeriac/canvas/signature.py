@@ -15,10 +15,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .._sync import run_sync
+from ..protocol import Outgoing
+from ..request import current_app
+from ..result import AsyncResult
+from ..sending import SendOptions, build_outgoing, publish
 
 if TYPE_CHECKING:
     from ..app import Celeriac
-    from ..result import AsyncResult
+    from ..task import Task
 
 R = TypeVar("R")
 
@@ -117,11 +121,7 @@ class Signature(dict[str, Any], Generic[R]):
 
     @property
     def app(self) -> Celeriac:
-        if self._app is None:
-            from ..app import current_app
-
-            return current_app()
-        return self._app
+        return current_app() if self._app is None else self._app
 
     # -- building ----------------------------------------------------------------
     def clone(
@@ -157,8 +157,6 @@ class Signature(dict[str, Any], Generic[R]):
 
     def freeze(self, _id: str | None = None) -> AsyncResult[R]:
         """Fix the task id now (so results can be known before sending)."""
-        from ..result import AsyncResult
-
         options = self["options"]
         if _id is not None:
             options["task_id"] = _id
@@ -167,14 +165,10 @@ class Signature(dict[str, Any], Generic[R]):
 
     def __or__(self, other: Signature[Any]) -> Signature[Any]:  # type: ignore[override]
         """``a | b``: a chain (not a dict union)."""
-        from .flows import chain
-
-        return chain(self, other, app=self._app)
+        return _chain_of(self, other, self._app)
 
     def __ror__(self, other: Signature[Any]) -> Signature[Any]:  # type: ignore[override]
-        from .flows import chain
-
-        return chain(other, self, app=self._app)
+        return _chain_of(other, self, self._app)
 
     # -- sending -------------------------------------------------------------------
     def apply_async(
@@ -183,7 +177,14 @@ class Signature(dict[str, Any], Generic[R]):
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[R]:
-        return run_sync(lambda: self.aapply_async(args, kwargs, **options))
+        """Send this call; a task registered in the app sends it as ``Task.apply_async``
+        does (so ``task_always_eager``, argument checks and parent ids are the same)."""
+        call = self.clone(args, kwargs, **options)
+        task = call._registered_task()
+        if task is not None:
+            return task.apply_async(call["args"], call["kwargs"], **call["options"])
+        result: AsyncResult[R] = run_sync(lambda: call.asend(self.app))
+        return result
 
     async def aapply_async(
         self,
@@ -191,8 +192,16 @@ class Signature(dict[str, Any], Generic[R]):
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[R]:
-        result: AsyncResult[R] = await self.clone(args, kwargs, **options).asend(self.app)
+        call = self.clone(args, kwargs, **options)
+        task = call._registered_task()
+        if task is not None:
+            return await task.aapply_async(call["args"], call["kwargs"], **call["options"])
+        result: AsyncResult[R] = await call.asend(self.app)
         return result
+
+    def _registered_task(self) -> Task[Any, R] | None:
+        """The app's task for a plain call (flows send themselves)."""
+        return self.app.tasks.get(self.task) if self.is_plain else None
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
         return self.apply_async(args, kwargs)
@@ -207,19 +216,16 @@ class Signature(dict[str, Any], Generic[R]):
         return task(*args, **{**self["kwargs"], **kwargs})
 
     async def asend(self, app: Celeriac) -> Any:
-        """Send this signature as it is (subclasses send their flows)."""
-        from ..sending import SendOptions
+        """Send this signature as it is, eager mode or not (subclasses send their flows)."""
+        outgoing = self.outgoing(app)
+        await publish(app, [outgoing])
+        return AsyncResult(outgoing.message.id, app, self.task)
 
-        opts = SendOptions.from_kwargs(self["options"])
-        return await app.asend_task(self.task, self["args"], self["kwargs"], options=opts)
-
-    def outgoing(self, app: Celeriac) -> Any:
+    def outgoing(self, app: Celeriac) -> Outgoing:
         """This call as one message, for batching (plain task signatures only)."""
-        from ..sending import SendOptions
-
         opts = SendOptions.from_kwargs(self["options"])
-        return app.build_outgoing(
-            self.task, self["args"], self["kwargs"], opts, app.tasks.get(self.task)
+        return build_outgoing(
+            app, self.task, self["args"], self["kwargs"], opts, app.tasks.get(self.task)
         )
 
     @property
@@ -233,6 +239,13 @@ class Signature(dict[str, Any], Generic[R]):
             *(f"{k}={v!r}" for k, v in self["kwargs"].items()),
         ]
         return f"{self['task']}({', '.join(shown)}){'!' if self.immutable else ''}"
+
+
+def _chain_of(first: Any, second: Any, app: Celeriac | None) -> Signature[Any]:
+    """``first | second`` as a chain, made as a chain read off the wire is (``flows``
+    registers the class when ``canvas`` is imported), so this module need not import it."""
+    data = {"task": "celery.chain", "kwargs": {"tasks": [first, second]}, "subtask_type": "chain"}
+    return _TYPES["chain"]._from_wire(data, app)
 
 
 def signature(task: str | Mapping[str, Any], *args: Any, **kwargs: Any) -> Signature[Any]:
