@@ -346,10 +346,6 @@ class Celeriac:
         """The message for one call, as :func:`celeriac.sending.build_outgoing` makes it."""
         return build_outgoing(self, name, args, kwargs, opts, task)
 
-    async def asend_outgoing(self, batch: Sequence[Outgoing]) -> None:
-        """Publish these messages and record PENDING (:func:`celeriac.sending.publish`)."""
-        await publish(self, batch)
-
     def send_many(self, signatures: Iterable[Signature[Any]]) -> list[AsyncResult[Any]]:
         """Send many task calls in one broker round trip."""
         sigs = list(signatures)

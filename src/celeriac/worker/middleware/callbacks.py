@@ -15,6 +15,7 @@ from ... import states
 from ...canvas import Signature
 from ...execution import Outcome
 from ...protocol import Outgoing
+from ...sending import publish
 from ..context import WorkerContext
 from ..job import Job
 from .base import Middleware
@@ -59,4 +60,4 @@ async def send_all(ctx: WorkerContext, calls: list[Signature[Any]]) -> None:
         else:
             await call.asend(ctx.app)
     if batch:
-        await ctx.app.asend_outgoing(batch)
+        await publish(ctx.app, batch)
