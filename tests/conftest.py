@@ -24,7 +24,7 @@ async def raw(url: str) -> AsyncIterator[aioredis.Redis]:
     """A plain Redis client on the test module's ``url``, for looking at the keys."""
     import redis.asyncio as aioredis
 
-    from celeriac.redis_url import open_pool
+    from celeriac.redis.connection import open_pool
 
     pool, _ = open_pool(url)
     client = aioredis.Redis(connection_pool=pool)

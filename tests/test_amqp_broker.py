@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from celeriac import Celeriac
+from celeriac.amqp.broker import DELAY_PREFIX, AmqpBroker, delay_routing_key
+from celeriac.amqp.wire import to_properties
 from celeriac.brokers import broker_from_url
-from celeriac.brokers.amqp import DELAY_PREFIX, AmqpBroker, delay_routing_key
-from celeriac.brokers.amqp_wire import to_properties
 from celeriac.brokers.base import BrokerOptions, Consumer, Delivery
 from celeriac.errors import BrokerError, BrokerUnavailable
 from celeriac.testing import worker_thread

@@ -22,12 +22,13 @@ import redis
 import redis.asyncio as aioredis
 
 from celeriac import Celeriac
-from celeriac.backends.redis import RedisBackend
 from celeriac.brokers.base import BrokerOptions
-from celeriac.brokers.redis import RedisBroker, _Keys
-from celeriac.brokers.sqlite import DEAD_LETTERS_TABLE, MESSAGES_TABLE, SQLiteBroker
 from celeriac.errors import BackendError, BrokerUnavailable
-from celeriac.redis_url import split_prefix, start_hint
+from celeriac.redis.broker import RedisBroker, _Keys
+from celeriac.redis.store import RedisBackend
+from celeriac.redis.url import split_prefix, start_hint
+from celeriac.sqlite.broker import SQLiteBroker
+from celeriac.sqlite.schema import DEAD_LETTERS_TABLE, MESSAGES_TABLE
 from celeriac.testing import WorkerProcess
 
 from .conformance.test_broker import numbers, out

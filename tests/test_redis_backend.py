@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from celeriac import states
 from celeriac.backends import BackendOptions, backend_from_url
 from celeriac.backends.base import ResultMeta
-from celeriac.backends.redis import RedisBackend
 from celeriac.errors import BackendError
+from celeriac.redis.store import RedisBackend
 
 from .services import redis_url
 

@@ -26,9 +26,10 @@ from redis.retry import Retry
 from celeriac import Celeriac
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.base import BrokerOptions, QueueStats
-from celeriac.brokers.redis import RedisBroker
 from celeriac.errors import BrokerError, BrokerUnavailable, ConfigurationError
-from celeriac.redis_url import open_pool, split_prefix
+from celeriac.redis.broker import RedisBroker
+from celeriac.redis.connection import open_pool
+from celeriac.redis.url import split_prefix
 from celeriac.testing import worker_thread
 
 from .conformance.test_broker import numbers, out
@@ -225,7 +226,7 @@ def test_tls_url_options_reach_redis_py() -> None:
 
 def test_a_missing_driver_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(sys.modules):
-        if name == "redis" or name.startswith(("redis.", "celeriac.brokers.redis")):
+        if name == "redis" or name.startswith(("redis.", "celeriac.redis.broker")):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'celeriac\[redis\]'"):

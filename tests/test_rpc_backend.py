@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from celeriac import Celeriac, states
+from celeriac.amqp.rpc import RpcBackend
+from celeriac.amqp.wire import split_url
 from celeriac.backends import backend_from_url
 from celeriac.backends.base import ResultMeta
-from celeriac.backends.rpc import RpcBackend
-from celeriac.brokers.amqp_wire import split_url
 from celeriac.errors import BackendError
 from celeriac.testing import WorkerProcess, worker_thread
 
@@ -25,7 +25,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 PEER = """
 import asyncio, sys
 from celeriac.backends import backend_from_url
-from celeriac.backends.rpc import RpcBackend
+from celeriac.amqp.rpc import RpcBackend
 
 async def main(url, task_id):
     backend = backend_from_url(url)

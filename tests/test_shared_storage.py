@@ -22,9 +22,9 @@ from celeriac.backends import backend_from_url
 from celeriac.backends.base import ResultBackend, ResultMeta
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.base import BrokerOptions, QueueStats
-from celeriac.brokers.sqlite import SQLiteBroker
 from celeriac.errors import BrokerError
 from celeriac.protocol import Message, Outgoing
+from celeriac.sqlite.broker import SQLiteBroker
 
 from .services import REDIS_TEST_DB, redis_url
 

@@ -18,8 +18,8 @@ import pytest
 from celeriac import states
 from celeriac.backends import BackendOptions, backend_from_url
 from celeriac.backends.base import ResultMeta
-from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.errors import BackendError
+from celeriac.sqlite.store import SQLiteBackend
 
 _spawn = multiprocessing.get_context("spawn")
 

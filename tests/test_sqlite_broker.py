@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from celeriac.brokers.base import BrokerOptions, QueueStats
-from celeriac.brokers.sqlite import SQLiteBroker, _Connection
 from celeriac.errors import BrokerUnavailable
 from celeriac.protocol import Message, Outgoing
+from celeriac.sqlite.broker import SQLiteBroker
+from celeriac.sqlite.connection import Connection
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +28,8 @@ OPTIONS = BrokerOptions(lease_timeout=LEASE, poll_interval=0.02)
 CHILD = """
 import asyncio, json, sys
 from celeriac.brokers.base import BrokerOptions
-from celeriac.brokers.sqlite import SQLiteBroker, _Connection
 from celeriac.protocol import Message, Outgoing
+from celeriac.sqlite.broker import SQLiteBroker
 
 url, mode, *args = sys.argv[1:]
 
@@ -208,13 +209,13 @@ async def test_a_failing_publish_in_a_group_commit_fails_alone(
 ) -> None:
     """Publishes committed together: one refused by the database fails, the others land."""
     retried: list[int] = []
-    commit_each = _Connection._commit_each
+    commit_each = Connection._commit_each
 
-    def spy(self: _Connection, group: Any) -> Any:
+    def spy(self: Connection, group: Any) -> Any:
         retried.append(len(group))
         return commit_each(self, group)
 
-    monkeypatch.setattr(_Connection, "_commit_each", spy)
+    monkeypatch.setattr(Connection, "_commit_each", spy)
     broker = SQLiteBroker(url, OPTIONS)
     await broker.connect()
     db = sqlite3.connect(url.removeprefix("sqlite:///"))

@@ -1,4 +1,5 @@
-"""Result stores by URL scheme. A new store is one module here plus one entry below."""
+"""Result stores by URL scheme. A new technology is one folder (`celeriac/<name>/`) plus
+one entry below; the memory store lives here."""
 
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ def _memory() -> type[ResultBackend]:
 
 
 def _sqlite() -> type[ResultBackend]:
-    from .sqlite import SQLiteBackend
+    from ..sqlite.store import SQLiteBackend
 
     return SQLiteBackend
 
 
 def _redis() -> type[ResultBackend]:
-    from .redis import RedisBackend
+    from ..redis.store import RedisBackend
 
     return RedisBackend
 
 
 def _rpc() -> type[ResultBackend]:
-    from .rpc import RpcBackend
+    from ..amqp.rpc import RpcBackend
 
     return RpcBackend
 

@@ -77,6 +77,7 @@ _stores: dict[str, _Store] = {}
 _stores_lock = threading.Lock()
 _seq = itertools.count(1)  # next() is atomic under the GIL
 
+
 def _store_for(url: str) -> _Store:
     with _stores_lock:
         return _stores.setdefault(url, _Store())

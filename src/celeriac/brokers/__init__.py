@@ -1,4 +1,5 @@
-"""Brokers by URL scheme. A new broker is one module here plus one entry below."""
+"""Brokers by URL scheme. A new technology is one folder (`celeriac/<name>/`, its broker
+and store beside what they share) plus one entry below; the memory broker lives here."""
 
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ def _memory() -> type[Broker]:
 
 
 def _sqlite() -> type[Broker]:
-    from .sqlite import SQLiteBroker
+    from ..sqlite.broker import SQLiteBroker
 
     return SQLiteBroker
 
 
 def _redis() -> type[Broker]:
-    from .redis import RedisBroker
+    from ..redis.broker import RedisBroker
 
     return RedisBroker
 
 
 def _amqp() -> type[Broker]:
-    from .amqp import AmqpBroker
+    from ..amqp.broker import AmqpBroker
 
     return AmqpBroker
 
@@ -42,9 +43,14 @@ SCHEMES: dict[str, Callable[[], type[Broker]]] = {
 }
 
 
+def broker_class(url: str) -> type[Broker]:
+    """The broker class for ``url``; a clear error for an unknown or malformed URL."""
+    return class_for_url(url, SCHEMES, "broker")
+
+
 def broker_from_url(url: str, options: BrokerOptions | None = None) -> Broker:
     """The broker for ``url``; a clear error for an unknown or malformed URL."""
-    return class_for_url(url, SCHEMES, "broker")(url, options)
+    return broker_class(url)(url, options)
 
 
-__all__ = ["SCHEMES", "Broker", "BrokerOptions", "broker_from_url"]
+__all__ = ["SCHEMES", "Broker", "BrokerOptions", "broker_class", "broker_from_url"]

@@ -57,6 +57,8 @@ class BrokerOptions:
     """Longest time an ack waits to be sent with others."""
     poll_interval: float = 0.05
     """Longest wait between two looks at an idle queue, for brokers that poll."""
+    connect_timeout: float = 4.0
+    """Seconds to wait for a networked broker's server to accept a connection."""
     transport_options: Mapping[str, Any] = field(default_factory=dict)
     """``broker_transport_options``: broker-specific knobs (e.g. Redis ``global_keyprefix``)."""
 

@@ -1,4 +1,5 @@
-"""Delays between looks, for waiters on a store that cannot wake them (SQLite).
+"""Delays between looks at a SQLite file, for the idle consumers and result
+waiters that nothing can wake (another process wrote).
 
 A look that finds nothing costs a few microseconds (one ``PRAGMA
 data_version``), so the first ones come quickly: a reply usually follows
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ._sync import may_block
+from .._sync import may_block
 
 __all__ = ["Backoff", "pause"]
 

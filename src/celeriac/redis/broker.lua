@@ -1,7 +1,7 @@
 -- celeriac's Redis broker: every script it runs, dispatched on ARGV[1]
 -- (one script, one SHA, loaded once; as Dramatiq's dispatch.lua).
 --
--- Keys (P = the URL's prefix .. "celeriac:"; brokers/redis.py documents lifetimes):
+-- Keys (P = the URL's prefix .. "celeriac:"; redis/broker.py documents lifetimes):
 --   P .. "queue:<queue>:<priority>"  STREAM, one per priority 0-9: the queue's ready
 --                                     and delivered-but-unacked messages; consumer
 --                                     group "celeriac". Entry fields: h (orjson of
@@ -18,7 +18,7 @@
 --
 -- Every time below is the server's clock (TIME), so leases need no clock sync
 -- between workers. Only fetch moves delayed messages and claims lapsed leases.
--- `writes_from` (a result store's writes) comes from celeriac/redis_writes.py,
+-- `writes_from` (a result store's writes) comes from celeriac/redis/writes.py,
 -- put before this file's text.
 
 local cmd = ARGV[1]

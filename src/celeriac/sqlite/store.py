@@ -1,7 +1,7 @@
 """The ``sqlite://`` result store: one file, shared by the processes of one machine.
 
 URLs follow the broker's (SQLAlchemy) convention, parsed by
-:mod:`celeriac.sqlite_url`: ``sqlite:///relative.db``, ``sqlite:////abs.db``.
+:mod:`celeriac.sqlite.url`: ``sqlite:///relative.db``, ``sqlite:////abs.db``.
 The default ``celeriac.db`` is the file the SQLite broker uses too; the
 broker keeps to its own tables and this store to the ones below.
 
@@ -28,11 +28,13 @@ at the same time all succeed):
     and a task id), ``expires_at REAL NULL``. Lifetime: ``result_expires`` after
     the last member was added; expired members are deleted when the set is next added to.
 
-Connections: one per backend, in autocommit mode, used only on a dedicated
-single-thread executor so no sqlite3 call blocks the event loop. WAL lets
-readers and the writer proceed together; ``busy_timeout`` waits for the
-write lock, and a short retry covers the BUSY cases SQLite reports without
-waiting (WAL recovery, schema changes by another process).
+Connections: two per backend, in autocommit mode. Statements run first on
+the event loop, on one that never waits for a lock; when another connection
+holds it, the call goes to the other one's dedicated single-thread executor,
+which waits there, so no sqlite3 call blocks the event loop. WAL lets readers
+and the writer proceed together. Neither uses SQLite's busy handler: the
+one busy policy (:mod:`celeriac.sqlite.busy`) retries a busy lock on the
+executor's thread, from 50 µs doubling, for 5 s.
 
 Durability: ``synchronous=NORMAL``. In WAL mode a commit then survives any
 crash of the process; only an OS crash or power loss can undo the last
@@ -49,12 +51,12 @@ result store.
 
 Waiting: ``PRAGMA data_version`` changes when another connection commits
 to the file, the broker's tables included. While any coroutine waits, one
-watcher per backend reads it every millisecond (the WAL header, no table
-access); only when it moved does the watcher run one query for all the
-waited keys, and it wakes just the waiters whose row differs from the value
-they read. So broker traffic costs a waiter nothing, and a hundred waiters
-cost one query per change, not a hundred. This connection's own writes
-wake the waiters of their key directly.
+watcher per backend reads it (the WAL header, no table access), every
+0.1-0.5 ms at first, backing off to ``_WATCH_INTERVAL``; only when it moved
+does the watcher run one query for all the waited keys, and it wakes just the
+waiters whose row differs from the value they read. So broker traffic costs a
+waiter nothing, and a hundred waiters cost one query per change, not a
+hundred. This connection's own writes wake the waiters of their key directly.
 """
 
 from __future__ import annotations
@@ -69,18 +71,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
+from ..backends.base import BackendOptions, Changed, ResultBackend
 from ..errors import BackendError
-from ..polling import Backoff, pause
 from ..shared_storage import StorageWrite
-from ..sqlite_url import parse_sqlite_url
-from .base import BackendOptions, Changed, ResultBackend
+from .busy import connect, is_busy, retrying
+from .polling import Backoff, pause
+from .url import parse_sqlite_url
 
 __all__ = ["SQLiteBackend", "TABLE"]
 
 TABLE = "celeriac_results"
 MEMBERS_TABLE = "celeriac_result_members"
-BUSY_TIMEOUT = 5.0
-"""Seconds a statement waits for another connection's write lock."""
 
 _SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} "
@@ -122,9 +123,8 @@ _ADD = (
 )
 
 _WATCH_INTERVAL = 0.005
-"""Longest wait between two looks for a result (see ``celeriac.polling``)."""
+"""Longest wait between two looks for a result (see ``celeriac.sqlite.polling``)."""
 _KEYS_PER_QUERY = 500
-_BUSY_RETRIES = 5
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -162,9 +162,7 @@ class SQLiteBackend(ResultBackend):
             executor.shutdown(wait=False)
             raise
         self._executor = executor
-        self._fast = sqlite3.connect(
-            self._path, timeout=0, isolation_level=None, check_same_thread=False
-        )
+        self._fast = connect(self._path)
         self._fast.execute("PRAGMA synchronous=NORMAL")
 
     async def close(self) -> None:
@@ -260,7 +258,7 @@ class SQLiteBackend(ResultBackend):
     async def _watch(self) -> None:
         """Wake the waiters whose row differs from what they read, while any wait.
 
-        Looks at ``data_version`` (``celeriac.polling.Backoff``, up to every
+        Looks at ``data_version`` (``celeriac.sqlite.polling.Backoff``, up to every
         ``_WATCH_INTERVAL``); only when it moved (or a waiter just registered)
         one query for all the waited keys. Right here on the loop: a look
         costs a few microseconds, less than a thread hop, and readers of a WAL
@@ -279,7 +277,7 @@ class SQLiteBackend(ResultBackend):
             try:
                 data_version, rows = _look(self._fast, data_version, force, keys)
             except sqlite3.Error as exc:
-                if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                if is_busy(exc):
                     continue  # a moment of recovery: look again next round
                 self._wake_all()
                 return
@@ -306,7 +304,8 @@ class SQLiteBackend(ResultBackend):
         for a lock: a statement here takes tens of microseconds, less than
         the hop to another thread. If another connection holds the write lock
         (SQLITE_BUSY at once), the call goes to the connection's own thread,
-        which waits and retries there instead of blocking the loop.
+        which waits and retries there (``celeriac.sqlite.busy.retrying``)
+        instead of blocking the loop.
         """
         conn, executor, fast = self._conn, self._executor, self._fast
         if conn is None or executor is None or fast is None:
@@ -315,10 +314,10 @@ class SQLiteBackend(ResultBackend):
             try:
                 return fn(fast, *args)
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(executor, _retrying, fn, conn, *args)
+            return await loop.run_in_executor(executor, retrying, fn, conn, *args)
         except sqlite3.Error as exc:
             raise BackendError(f"result store {self.url} failed: {exc}") from exc
 
@@ -341,11 +340,11 @@ def _open(path: Path, url: str) -> sqlite3.Connection:
             "grant write access or point the URL at a writable directory"
         )
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        conn = connect(path)
     except sqlite3.Error as exc:
         raise BackendError(f"cannot open result store {url}: {exc}") from exc
     try:
-        _retrying(_create_schema, conn)
+        retrying(_create_schema, conn)
     except sqlite3.Error as exc:
         conn.close()
         raise BackendError(f"cannot set up result store {url}: {exc}") from exc
@@ -364,26 +363,6 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as exc:
             if "duplicate column" not in str(exc):  # another process added it meanwhile
                 raise
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def _retrying(
-    fn: Callable[[sqlite3.Connection, *Ts], T], conn: sqlite3.Connection, *args: *Ts
-) -> T:
-    """Call ``fn``, again after a short sleep when SQLite says BUSY without waiting."""
-    attempt = 0
-    while True:
-        try:
-            return fn(conn, *args)
-        except sqlite3.OperationalError as exc:
-            attempt += 1
-            if not _is_busy(exc) or attempt == _BUSY_RETRIES:
-                raise
-            time.sleep(0.005 * 2**attempt)
 
 
 def _select(conn: sqlite3.Connection, key: str) -> bytes | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 DEFAULT_URL = "sqlite:///celeriac.db"
 

@@ -1,4 +1,9 @@
-"""Consuming from RabbitMQ: the consumer side of ``celeriac.brokers.amqp``."""
+"""Consuming from RabbitMQ: the consumer side of ``celeriac.amqp.broker``.
+
+The consumer knows its broker through ``Rabbit``, the few things it uses of it
+(channels, declarations, publishing with a delivery count, dead letters, the
+count of unacked deliveries), so this module imports no broker.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +12,58 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ..brokers.base import Broker, Consumer, Delivery
 from ..errors import BrokerError, MessageError
 from ..protocol import Message, Outgoing, parse_timestamp
 from ..shared_storage import StorageWrite
 from ..url_schemes import redact_url
-from .amqp_wire import COUNT_HEADER, NOT_BEFORE_HEADER, from_incoming, unavailable
-from .base import Consumer, Delivery
+from .wire import COUNT_HEADER, NOT_BEFORE_HEADER, from_incoming, unavailable
 
 if TYPE_CHECKING:
+    from collections import Counter
+
     from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-    from .amqp import AmqpBroker
+__all__ = ["AmqpConsumer", "Rabbit"]
 
-__all__ = ["AmqpConsumer"]
+
+class Rabbit(Protocol):
+    """What an ``AmqpConsumer`` uses of its broker (``AmqpBroker`` is one)."""
+
+    queue_type: str
+    """``classic`` or ``quorum``: quorum queues take a per-consumer prefetch only."""
+    reserved: Counter[str]
+    """Unacked deliveries per queue, which the consumer keeps up to date."""
+
+    def name(self, queue: str) -> str:
+        """The AMQP name of ``queue`` (with the broker's prefix)."""
+
+    async def declare(self, queue: str) -> None:
+        """Declare ``queue`` (and its delay queues) unless it exists."""
+
+    async def channel(self, *, confirms: bool = False) -> AbstractChannel:
+        """A new channel on the broker's connection."""
+
+    async def publish_all(
+        self, batch: Sequence[Outgoing], count: dict[int, int] | None = None
+    ) -> None:
+        """Publish ``batch``, message ``i`` reporting delivery count ``count[i]`` next."""
+
+    async def publish_dead(
+        self, queue: str, message: Message | None, raw: bytes, reason: str, count: int
+    ) -> None:
+        """Put a message (or raw bytes) in the dead-letter queue."""
 
 
 class AmqpConsumer(Consumer):
     """Deliveries pushed by ``basic_consume`` into a buffer; prefetch follows ``limit``."""
 
-    broker: AmqpBroker
-
-    def __init__(self, broker: AmqpBroker, queues: Sequence[str], name: str):
+    def __init__(self, broker: Broker, queues: Sequence[str], name: str, *, rabbit: Rabbit):
+        """``rabbit`` is ``broker`` itself, seen through what this consumer uses of it."""
         super().__init__(broker, queues, name)
+        self._rabbit = rabbit
         self._channel: AbstractChannel | None = None
         self._buffer: deque[AbstractIncomingMessage] = deque()
         self._arrived = asyncio.Event()
@@ -40,14 +73,14 @@ class AmqpConsumer(Consumer):
         self._tags: dict[str, str] = {}
         """consumer tag -> queue ("" once cancelled)."""
         self._cancelled: dict[str, str] = {}
-        self._global_qos = broker.queue_type == "classic"
+        self._global_qos = rabbit.queue_type == "classic"
         """Quorum queues refuse a channel-wide prefetch; theirs is per consumer."""
 
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
         tag = incoming.consumer_tag or ""
         queue = self._tags.get(tag) or self._cancelled.get(tag) or self.queues[0]
         self._unacked[id(incoming)] = queue
-        self.broker.reserved[queue] += 1
+        self._rabbit.reserved[queue] += 1
         self._buffer.append(incoming)
         self._arrived.set()
 
@@ -62,8 +95,8 @@ class AmqpConsumer(Consumer):
             raise BrokerError(f"lost the channel to RabbitMQ at {redact_url(self.broker.url)}")
         try:
             for queue in self.queues:
-                await self.broker.declare(queue)
-            channel = await self.broker.channel()
+                await self._rabbit.declare(queue)
+            channel = await self._rabbit.channel()
             await channel.set_qos(prefetch_count=limit, global_=self._global_qos)
             self._prefetch = limit
             channel.close_callbacks.add(lambda *_: self._arrived.set())
@@ -84,13 +117,13 @@ class AmqpConsumer(Consumer):
                 self._tags[tag] = ""  # cancelled; its in-flight deliveries still map below
                 self._cancelled[tag] = queue
         for queue in self.queues:
-            amqp_queue = await channel.get_queue(self.broker.name(queue), ensure=False)
+            amqp_queue = await channel.get_queue(self._rabbit.name(queue), ensure=False)
             self._tags[await amqp_queue.consume(self._on_message)] = queue
 
     def _forget_channel(self) -> None:
         """RabbitMQ put back everything unacked on a closed channel: forget it."""
         for queue in self._unacked.values():
-            self.broker.reserved[queue] -= 1
+            self._rabbit.reserved[queue] -= 1
         self._unacked.clear()
         self._buffer.clear()
         self._tags.clear()
@@ -204,14 +237,14 @@ class AmqpConsumer(Consumer):
         not_before: float | None,
     ) -> None:
         outgoing = Outgoing(queue, message, message.priority, not_before)
-        await self.broker._publish_all([outgoing], {0: count})
+        await self._rabbit.publish_all([outgoing], {0: count})
         await self._settle(incoming)
 
     async def _settle(self, incoming: AbstractIncomingMessage) -> None:
         queue = self._unacked.pop(id(incoming), None)
         if queue is None:
             return  # its channel is gone: RabbitMQ has put it back already
-        self.broker.reserved[queue] -= 1
+        self._rabbit.reserved[queue] -= 1
         with contextlib.suppress(Exception):
             await incoming.ack()
 
@@ -232,13 +265,13 @@ class AmqpConsumer(Consumer):
         counts = {
             i: d.delivery_count if uncount else d.delivery_count + 1 for i, d in enumerate(live)
         }
-        await self.broker._publish_all(batch, counts)
+        await self._rabbit.publish_all(batch, counts)
         for d in live:
             await self._settle(d.tag)
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         message = delivery.message
-        await self.broker.publish_dead(
+        await self._rabbit.publish_dead(
             delivery.queue, message, b"", reason, delivery.delivery_count
         )
         await self._settle(delivery.tag)
@@ -256,7 +289,7 @@ class AmqpConsumer(Consumer):
             loop = asyncio.get_running_loop()
             loop.call_later(self.options.lease_timeout, lambda: loop.create_task(_close(channel)))
         for queue in self._unacked.values():
-            self.broker.reserved[queue] -= 1
+            self._rabbit.reserved[queue] -= 1
         self._unacked.clear()
         self._buffer.clear()
 

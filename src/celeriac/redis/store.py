@@ -1,6 +1,6 @@
 """The Redis result store (``redis://``, ``rediss://``): Celery's own Redis layout.
 
-URL: as the Redis broker's (:mod:`celeriac.redis_url`); ``?prefix=`` (or
+URL: as the Redis broker's (:mod:`celeriac.redis.url`); ``?prefix=`` (or
 ``global_keyprefix``) goes before every key and channel, as Celery's
 ``result_backend_transport_options = {"global_keyprefix": ...}`` does.
 
@@ -16,7 +16,7 @@ results):
     expires, by default ``result_expires`` (one day) after its last write.
 ``P celeriac-fence-<task id>``, STRING: the fence of the last fenced write of
     the task's meta (``ResultBackend.store``), written with it by one script
-    (``FENCED_SET`` in ``celeriac.redis_writes``) with the same expiry; an
+    (``FENCED_SET`` in ``celeriac.redis.writes``) with the same expiry; an
     unfenced write deletes it. A fenced write is skipped while the meta
     exists with a higher fence here.
 ``P celery-taskset-meta-<group id>``, STRING: a saved group (same write).
@@ -47,11 +47,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from ..backends.base import FENCE_PREFIX, BackendOptions, Changed, ResultBackend
 from ..errors import BackendError, ConfigurationError
-from ..redis_url import driver_errors, open_pool, storage_name
-from ..redis_writes import FENCED_SET, MAKE_WRITES, write_args
 from ..shared_storage import StorageWrite
-from .base import FENCE_PREFIX, BackendOptions, Changed, ResultBackend
+from .connection import open_pool, storage_name
+from .errors import driver_errors
+from .writes import FENCED_SET, MAKE_WRITES, write_args
 
 try:
     import redis.asyncio as aioredis
@@ -66,6 +67,7 @@ __all__ = ["RedisBackend"]
 
 RECHECK = 5.0
 """Longest wait on pub/sub before a waiter reads its key again anyway."""
+
 
 @dataclass(slots=True, eq=False)
 class _Channel:

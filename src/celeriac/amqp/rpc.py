@@ -40,11 +40,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from .. import states
-from ..brokers.amqp_wire import open_connection, split_url
+from ..backends.base import ResultMeta
+from ..backends.memory import MemoryBackend
 from ..errors import BackendError, ConfigurationError, SerializationError
 from ..url_schemes import redact_url
-from .base import ResultMeta
-from .memory import MemoryBackend
+from .wire import open_connection, split_url
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage

@@ -1,7 +1,10 @@
 """The RabbitMQ broker (``amqp://``, ``amqps://``) on aio-pika.
 
+Beside it: ``consumer.py`` (fetching, settling) and ``wire.py`` (URLs,
+connections, messages as AMQP properties), which list no other names.
+
 URL: ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS, with
-``?cafile=...`` and the other ``DRIVER_OPTIONS``; the default vhost ``/`` is
+``?cafile=...`` and the other ``wire.DRIVER_OPTIONS``; the default vhost ``/`` is
 written ``//`` or left out, as in kombu). Options, in
 ``broker_transport_options`` or the URL's query (which wins):
 ``queue_type="quorum"`` (quorum queues; default classic), ``prefix="t1."``
@@ -84,22 +87,22 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
-
+from ..brokers.base import Broker, BrokerOptions, DeadLetter, QueueStats
 from ..errors import BrokerError, ConfigurationError
 from ..protocol import Message, Outgoing
 from ..url_schemes import redact_url
-from .amqp_consumer import AmqpConsumer
-from .amqp_wire import (
-    DEAD_HEADER,
-    from_incoming,
+from .consumer import AmqpConsumer
+from .wire import (
+    Send,
+    dead_letter_of,
+    dead_properties,
     open_connection,
-    properties_class,
+    publish_confirmed,
     split_url,
+    spread,
     to_properties,
     unavailable,
 )
-from .base import Broker, BrokerOptions, DeadLetter, QueueStats
 
 if TYPE_CHECKING:
     from aio_pika.abc import (
@@ -108,13 +111,11 @@ if TYPE_CHECKING:
         AbstractIncomingMessage,
         AbstractQueue,
     )
-    from pamqp.commands import Basic
+
 
 __all__ = ["AmqpBroker", "AmqpConsumer", "delay_routing_key"]
 
 T = TypeVar("T")
-Send = tuple[str, str, bytes, "Basic.Properties"]
-"""One publish: exchange, routing key, body, properties."""
 A = TypeVar("A")
 
 DELAY_LEVELS = 32
@@ -188,7 +189,9 @@ class AmqpBroker(Broker):
             self._publisher = self._admin = None
             self._pool = []
             try:
-                self._connection = await open_connection(self._driver_url)
+                self._connection = await open_connection(
+                    self._driver_url, self.options.connect_timeout
+                )
             except Exception as exc:  # OSError, TLS, timeouts, AMQP errors (credentials, vhost)
                 raise unavailable(self.url, exc) from exc
             return self._connection
@@ -299,30 +302,18 @@ class AmqpBroker(Broker):
     async def _spread(
         self, call: Callable[[AbstractChannel, A], Awaitable[T]], items: Sequence[A]
     ) -> list[T]:
-        """``call(channel, item)`` for each item, over a few channels at once.
-
-        AMQP methods are sequential per channel; eight lanes make 33 declares
-        cost about five round trips.
-        """
+        """``call(channel, item)`` for each item, over ``POOL_CHANNELS`` channels at once."""
         while len(self._pool) < POOL_CHANNELS:
             self._pool.append(await self.channel())
         for i, channel in enumerate(self._pool):
             if channel.is_closed:
                 self._pool[i] = await self.channel()
-        results: list[T | None] = [None] * len(items)
-
-        async def run(lane: int) -> None:
-            channel = self._pool[lane]
-            for index in range(lane, len(items), POOL_CHANNELS):
-                results[index] = await call(channel, items[index])
-
-        await asyncio.gather(*(run(lane) for lane in range(POOL_CHANNELS)))
-        return results  # type: ignore[return-value]
+        return await spread(self._pool, call, items)
 
     # -- publishing ------------------------------------------------------------
     async def _publish(self, batch: Sequence[Outgoing]) -> None:
         try:
-            await self._publish_all(batch)
+            await self.publish_all(batch)
         except BrokerError:
             raise
         except Exception as exc:
@@ -332,9 +323,11 @@ class AmqpBroker(Broker):
                 f"RabbitMQ at {redact_url(self.url)} refused a publish: {exc}"
             ) from exc
 
-    async def _publish_all(
+    async def publish_all(
         self, batch: Sequence[Outgoing], count: dict[int, int] | None = None
     ) -> None:
+        """Publish ``batch`` (declaring its queues), message ``i`` with the delivery
+        count ``count[i]`` its next delivery reports (default 1); confirmed."""
         now = time.time()
         for o in batch:
             if o.not_before is not None and o.not_before > now:
@@ -356,23 +349,11 @@ class AmqpBroker(Broker):
 
     async def send(self, sends: Sequence[Send]) -> None:
         """Publish every ``(exchange, routing key, body, properties)``, then await all confirms."""
-        channel = await (await self._publish_channel()).get_underlay_channel()
-        results = await asyncio.gather(
-            *(
-                channel.basic_publish(body, exchange=exchange, routing_key=key, properties=props)
-                for exchange, key, body, props in sends
-            ),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            if type(result).__name__ != "Ack":
-                raise BrokerError(f"RabbitMQ did not confirm a publish: {result!r}")
+        await publish_confirmed(await self._publish_channel(), sends)
 
     # -- consuming -------------------------------------------------------------
     def consumer(self, queues: Sequence[str], name: str) -> AmqpConsumer:
-        return AmqpConsumer(self, queues, name)
+        return AmqpConsumer(self, queues, name, rabbit=self)
 
     # -- admin -----------------------------------------------------------------
     @staticmethod
@@ -418,12 +399,7 @@ class AmqpBroker(Broker):
             "at": time.time(),
             "id": uuid.uuid4().hex,
         }
-        if message is not None:
-            properties = to_properties(message, message.priority, 1, None)
-        else:
-            properties = properties_class()(headers={}, delivery_mode=2)
-        assert properties.headers is not None
-        properties.headers[DEAD_HEADER] = orjson.dumps({**info, "raw": message is None}).decode()
+        properties = dead_properties(message, info)
         await self._dead_queue(await self._admin_channel())
         body = message.body if message is not None else raw
         await self.send([("", self.name(DEAD_QUEUE), body, properties)])
@@ -439,26 +415,8 @@ class AmqpBroker(Broker):
         dead = await self._dead_queue(channel)
         found = []
         while (incoming := await dead.get(no_ack=False, fail=False)) is not None:
-            found.append((self._dead_letter_of(incoming), incoming))
+            found.append((dead_letter_of(incoming, self.prefix), incoming))
         return channel, found
-
-    def _dead_letter_of(self, incoming: AbstractIncomingMessage) -> DeadLetter:
-        message, ours = from_incoming(incoming)
-        packed = ours.get(DEAD_HEADER)
-        info: dict[str, Any] = orjson.loads(str(packed)) if packed else {}
-        if not info:  # dead-lettered by RabbitMQ itself (quorum delivery limit)
-            queue = str(incoming.headers.get("x-first-death-queue", "")).removeprefix(self.prefix)
-            info = {"queue": queue, "reason": "delivery limit", "count": 0, "at": 0.0}
-            info["id"] = incoming.message_id or str(message.headers.get("id", ""))
-        return DeadLetter(
-            id=str(info["id"]),
-            queue=str(info["queue"]),
-            message=None if info.get("raw") else message,
-            raw=incoming.body,
-            reason=str(info["reason"]),
-            delivery_count=int(info["count"]),
-            dead_at=float(info["at"]),
-        )
 
     async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
         channel, found = await self._all_dead()
@@ -475,7 +433,7 @@ class AmqpBroker(Broker):
             for letter, incoming in found:
                 if letter.id in wanted and letter.message is not None:
                     message = letter.message
-                    await self._publish_all([Outgoing(letter.queue, message, message.priority)])
+                    await self.publish_all([Outgoing(letter.queue, message, message.priority)])
                     await incoming.ack()
                     done += 1
         finally:

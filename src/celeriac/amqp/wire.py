@@ -1,5 +1,8 @@
 """How celeriac speaks AMQP: URLs, connections, and messages as AMQP properties.
 
+Shared by the broker (``broker.py``, ``consumer.py``) and the rpc result store
+(``rpc.py``); it imports aio-pika only when a connection is opened.
+
 A celeriac ``Message`` travels with its protocol v2 headers as AMQP headers,
 and its properties as AMQP properties, so Celery peers read it unchanged.
 What AMQP cannot carry exactly travels beside it in ``x-celeriac-*`` headers
@@ -7,35 +10,44 @@ What AMQP cannot carry exactly travels beside it in ``x-celeriac-*`` headers
 (``HEADERS_HEADER``, the headers as JSON), properties beyond AMQP's own
 (``PROPERTIES_HEADER``), the delivery count of a classic queue
 (``COUNT_HEADER``) and a delayed message's due time (``NOT_BEFORE_HEADER``).
+A dead letter carries where it died in ``DEAD_HEADER``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import struct
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from ..errors import BrokerUnavailable, ConfigurationError
+from ..brokers.base import DeadLetter
+from ..errors import BrokerError, BrokerUnavailable, ConfigurationError
 from ..protocol import Message
 from ..url_schemes import redact_url
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+    from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
     from pamqp.commands import Basic
 
 __all__ = [
     "COUNT_HEADER",
+    "Send",
     "DEAD_HEADER",
     "NOT_BEFORE_HEADER",
     "START_HINT",
+    "dead_letter_of",
+    "dead_properties",
     "from_incoming",
     "open_connection",
     "properties_class",
+    "publish_confirmed",
     "split_url",
+    "spread",
     "to_properties",
     "unavailable",
 ]
@@ -49,6 +61,10 @@ HEADERS_HEADER = "x-celeriac-headers"
 _NATIVE_PROPERTIES = frozenset({"correlation_id", "reply_to", "priority", "delivery_mode"})
 _RABBIT_HEADERS = ("x-death", "x-delivery-count")
 _RABBIT_PREFIXES = ("x-first-death-", "x-last-death-", "x-celeriac-")
+T = TypeVar("T")
+A = TypeVar("A")
+Send = tuple[str, str, bytes, "Basic.Properties"]
+"""One publish: exchange, routing key, body, properties."""
 START_HINT = "start it with `rabbitmq-server -detached` (or `docker run -p 5672:5672 rabbitmq`)"
 
 
@@ -91,7 +107,7 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((scheme, parts.netloc, path, driver_query, "")), options
 
 
-async def open_connection(driver_url: str, timeout: float = 5.0) -> AbstractConnection:
+async def open_connection(driver_url: str, timeout: float = 4.0) -> AbstractConnection:
     """aio-pika's ``connect``, closing what it opened when it fails: a failed
     connection left to the garbage collector schedules its close on a loop that
     may never run again."""
@@ -182,3 +198,75 @@ def from_incoming(incoming: AbstractIncomingMessage) -> tuple[Message, dict[str,
         properties,
     )
     return message, ours
+
+
+def dead_properties(message: Message | None, info: dict[str, Any]) -> Basic.Properties:
+    """A dead letter's properties: the message's own (none for bytes that were never
+    one), and ``DEAD_HEADER`` holding ``info`` (queue, reason, count, at, id)."""
+    if message is not None:
+        properties = to_properties(message, message.priority, 1, None)
+    else:
+        properties = properties_class()(headers={}, delivery_mode=2)
+    assert properties.headers is not None
+    properties.headers[DEAD_HEADER] = orjson.dumps({**info, "raw": message is None}).decode()
+    return properties
+
+
+def dead_letter_of(incoming: AbstractIncomingMessage, prefix: str) -> DeadLetter:
+    """The dead letter a message of the dead-letter queue holds (``prefix``: the
+    broker's, taken off the queue RabbitMQ names when it dead-lettered it itself)."""
+    message, ours = from_incoming(incoming)
+    packed = ours.get(DEAD_HEADER)
+    info: dict[str, Any] = orjson.loads(str(packed)) if packed else {}
+    if not info:  # dead-lettered by RabbitMQ itself (quorum delivery limit)
+        queue = str(incoming.headers.get("x-first-death-queue", "")).removeprefix(prefix)
+        info = {"queue": queue, "reason": "delivery limit", "count": 0, "at": 0.0}
+        info["id"] = incoming.message_id or str(message.headers.get("id", ""))
+    return DeadLetter(
+        id=str(info["id"]),
+        queue=str(info["queue"]),
+        message=None if info.get("raw") else message,
+        raw=incoming.body,
+        reason=str(info["reason"]),
+        delivery_count=int(info["count"]),
+        dead_at=float(info["at"]),
+    )
+
+
+async def spread(
+    channels: Sequence[AbstractChannel],
+    call: Callable[[AbstractChannel, A], Awaitable[T]],
+    items: Sequence[A],
+) -> list[T]:
+    """``call(channel, item)`` for each item, over ``channels`` at once, in item order.
+
+    AMQP methods are sequential per channel; eight lanes make 33 declares
+    cost about five round trips.
+    """
+    results: list[T | None] = [None] * len(items)
+
+    async def run(lane: int) -> None:
+        channel = channels[lane]
+        for index in range(lane, len(items), len(channels)):
+            results[index] = await call(channel, items[index])
+
+    await asyncio.gather(*(run(lane) for lane in range(len(channels))))
+    return results  # type: ignore[return-value]
+
+
+async def publish_confirmed(channel: AbstractChannel, sends: Sequence[Send]) -> None:
+    """Publish every ``(exchange, routing key, body, properties)`` on ``channel`` (in
+    confirm mode) at once, then await every confirm; BrokerError for a nack."""
+    raw = await channel.get_underlay_channel()
+    results = await asyncio.gather(
+        *(
+            raw.basic_publish(body, exchange=exchange, routing_key=key, properties=props)
+            for exchange, key, body, props in sends
+        ),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        if type(result).__name__ != "Ack":
+            raise BrokerError(f"RabbitMQ did not confirm a publish: {result!r}")

@@ -2,7 +2,7 @@
 
 The result store and the broker both make ``StorageWrite``s inside a script
 call: the store on its own (``MAKE_WRITES``), the broker within its publish
-and fetch scripts (``WRITES_FROM`` goes first in ``redis_broker.lua``'s
+and fetch scripts (``WRITES_FROM`` goes first in ``broker.lua``'s
 script). Both read the arguments ``write_args`` gives: per write ``'w'``, the
 number of arguments, the command, the arguments. The command is a Redis
 command, or ``FENCED_SET``, which the scripts carry out themselves.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .shared_storage import StorageWrite
+from ..shared_storage import StorageWrite
 
 __all__ = ["FENCED_SET", "MAKE_WRITES", "WRITES_FROM", "write_args"]
 
@@ -38,7 +38,7 @@ local function fenced_set(key, fence_key, value, fence, ms)
   redis.call('PUBLISH', key, value)
 end
 
--- A result store's writes from ARGV[at] on (celeriac/redis_writes.py);
+-- A result store's writes from ARGV[at] on (celeriac/redis/writes.py);
 -- returns the index after the last.
 local function writes_from(at)
   while ARGV[at] == 'w' do

@@ -1,12 +1,12 @@
 """The Redis broker (``redis://``, ``rediss://``): Streams with consumer groups.
 
 URL: redis-py's (``redis://[:password@]host[:port][/db][?options]``, see
-:mod:`celeriac.redis_url`); ``?prefix=app1:`` (or kombu's ``global_keyprefix``)
+:mod:`celeriac.redis.url`); ``?prefix=app1:`` (or kombu's ``global_keyprefix``)
 goes before every key, so several apps share one database. Needs Redis 6.2+
 (or Valkey) and ``pip install 'celeriac[redis]'``.
 
 Keys (``P`` = the prefix + ``KEY_PREFIX``; names are the ``*_KEY`` constants;
-``redis_broker.lua`` beside this module holds every script):
+``broker.lua`` beside this module holds every script):
 
 ``P queue:<queue>:<priority>``, STREAM, one per queue and priority 0-9:
     the queue's ready messages and its delivered, unacked ones; consumer group
@@ -81,19 +81,7 @@ from typing import Any, cast
 import msgpack
 import orjson
 
-from ..errors import (
-    BrokerError,
-    BrokerUnavailable,
-    ConfigurationError,
-    MessageError,
-    SerializationError,
-)
-from ..protocol import Message, Outgoing, encode_envelope
-from ..redis_url import driver_errors, open_pool, storage_name
-from ..redis_writes import WRITES_FROM, write_args
-from ..shared_storage import StorageWrite
-from ..url_schemes import redact_url
-from .base import (
+from ..brokers.base import (
     Broker,
     BrokerOptions,
     Consumer,
@@ -102,6 +90,19 @@ from .base import (
     QueueStats,
     logger,
 )
+from ..errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    MessageError,
+    SerializationError,
+)
+from ..protocol import Message, Outgoing, encode_envelope
+from ..shared_storage import StorageWrite
+from ..url_schemes import redact_url
+from .connection import open_pool, storage_name
+from .errors import driver_errors
+from .writes import WRITES_FROM, write_args
 
 try:
     import redis.asyncio as aioredis
@@ -125,9 +126,9 @@ DEAD_PAGE = 500
 PUBLISH_CHUNK = 5000
 """Messages per publish script call: bounds how long one call holds Redis."""
 
-SCRIPT = WRITES_FROM + importlib.resources.files(__package__).joinpath(
-    "redis_broker.lua"
-).read_text("utf-8")
+SCRIPT = WRITES_FROM + importlib.resources.files(__package__).joinpath("broker.lua").read_text(
+    "utf-8"
+)
 
 Tag = tuple[str, bytes, int, bytes, bytes]
 """A delivery's handle: stream key, entry id, priority, ``h`` and ``b`` as stored."""
@@ -325,7 +326,8 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str, options: BrokerOptions | None = None):
         super().__init__(url, options)
-        pool, prefix = open_pool(url)
+        # A socket_connect_timeout in the URL wins over the setting.
+        pool, prefix = open_pool(url, socket_connect_timeout=self.options.connect_timeout)
         self.storage = storage_name(pool)
         self._client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._script = self._client.register_script(SCRIPT)
@@ -439,7 +441,7 @@ class RedisBroker(Broker):
             start = "(" + page[-1][0].decode()
 
     async def _run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one command of ``redis_broker.lua``."""
+        """Run one command of ``broker.lua``."""
         with self._errors():
             return await self._script(keys=list(keys), args=list(args))
 

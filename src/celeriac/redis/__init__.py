@@ -1,0 +1,11 @@
+"""Redis (``redis://``, ``rediss://``): the broker, the result store and what they share.
+
+* ``url.py``: the URL and celeriac's options in it (``?prefix=``), the start hint.
+* ``connection.py``: the connection pool, with hiredis packing the commands.
+* ``errors.py``: redis-py's exceptions as celeriac's, at the boundary.
+* ``writes.py``: a result store's writes as the Lua scripts make them (shared storage).
+* ``broker.py`` (+ ``broker.lua``): the broker; ``store.py``: the result store.
+
+Importing this package imports no driver: ``broker`` and ``store`` import redis-py,
+and say ``pip install 'celeriac[redis]'`` when it is missing.
+"""

@@ -1,0 +1,34 @@
+"""redis-py's exceptions as celeriac's, at the boundary (``celeriac.errors`` draws the tree).
+
+A refused, lost or timed-out connection becomes the caller's *unreachable*
+error (``BrokerUnavailable`` for the broker), naming the URL with its password
+hidden and how to start Redis; any other Redis error becomes its *failed* one
+(``BrokerError``, ``BackendError``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from ..url_schemes import redact_url
+from .url import start_hint
+
+__all__ = ["driver_errors"]
+
+
+@contextlib.contextmanager
+def driver_errors(
+    what: str, url: str, unreachable: type[Exception], failed: type[Exception]
+) -> Iterator[None]:
+    """redis-py's exceptions as celeriac's, naming ``what`` and the URL (password hidden)."""
+    from redis import exceptions as redis_errors
+
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+        raise unreachable(
+            f"cannot reach the {what} at {redact_url(url)}: {exc}; {start_hint(url)}"
+        ) from exc
+    except redis_errors.RedisError as exc:
+        raise failed(f"{what} {redact_url(url)}: {exc}") from exc
