@@ -138,3 +138,30 @@ def test_worker_runs_a_called_task_and_dead_letters_cli(
     status = run("-A", "tests.apps.durable", "status", env=env)
     assert "1 ready" in status.stdout and "dead letters: 0" in status.stdout
     assert "deleted 0" in run("-A", "tests.apps.durable", "dead-letters", "purge", env=env).stdout
+
+
+def test_the_cli_package_runs_as_a_module_too() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "celeriac.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.stdout.strip() == f"celeriac, version {celeriac.__version__}", proc.stderr
+
+
+def test_the_banner_names_the_storage_and_the_middleware() -> None:
+    from celeriac.brokers import broker_from_url
+    from celeriac.cli.worker import banner
+    from celeriac.testing import memory_app
+    from celeriac.worker import choose_config
+    from celeriac.worker.middleware import default_middleware
+
+    app = memory_app()
+    text = banner(
+        app, choose_config(app, pool="solo"), broker_from_url(app.broker_url), default_middleware()
+    )
+    assert "middleware:  Expiry, WorkerLost, RateLimits, Retries, Results" in text
+    assert "(storage" not in text  # memory:// names no shared storage

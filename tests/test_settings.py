@@ -99,3 +99,18 @@ def test_bad_broker_url_names_the_url() -> None:
         broker_from_url("nats://x")
     with pytest.raises(ConfigurationError, match="'localhost:6379'"):
         broker_from_url("localhost:6379")
+
+
+def test_worker_middleware_holds_objects_not_import_paths() -> None:
+    from celeriac.worker.middleware import Middleware
+
+    assert Settings().worker_middleware == [] and Settings().worker_middleware is not (
+        Settings().worker_middleware
+    )
+    conf = Settings()
+    conf.update(worker_middleware=(Middleware,))
+    assert conf.worker_middleware == [Middleware]
+    with pytest.raises(ConfigurationError, match="import it and pass the object"):
+        conf.update(worker_middleware=["proj.middleware.Audit"])
+    with pytest.raises(ConfigurationError, match="must be"):
+        conf.update(worker_middleware={"a": 1})

@@ -12,6 +12,7 @@ add.delay(2, 2).get(timeout=10)
 """
 
 from . import states
+from ._version import __version__
 from .app import Celeriac, Celery, current_app, shared_task
 from .canvas import Signature, chain, chord, chunks, group, signature, xmap, xstarmap
 from .errors import (
@@ -27,8 +28,6 @@ from .errors import (
 )
 from .result import AsyncResult, EagerResult, GroupResult
 from .task import AsyncTask, Task
-
-__version__ = "0.1.0"
 
 __all__ = [
     "__version__",

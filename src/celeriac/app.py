@@ -35,6 +35,7 @@ from .serialization import Codec
 from .settings import Settings
 from .sqlite.url import DEFAULT_URL
 from .task import AsyncTask, Task
+from .worker.middleware import Middleware, Placement
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -148,6 +149,19 @@ class Celeriac:
         self.conf.config_from_object(obj, namespace)
         self._codec = None
 
+    def add_middleware(
+        self,
+        middleware: Middleware | type[Middleware],
+        *,
+        before: type[Middleware] | None = None,
+        after: type[Middleware] | None = None,
+    ) -> None:
+        """Run ``middleware`` in this app's workers (Dramatiq's ``add_middleware``):
+        right before or after the first default of a class (e.g. ``before=Retries``),
+        else after the defaults. Adds to the ``worker_middleware`` setting."""
+        entry = Placement(middleware, before=before, after=after)
+        self.conf.worker_middleware = [*self.conf.worker_middleware, entry]
+
     @property
     def broker_url(self) -> str:
         return self.conf.broker_url or DEFAULT_URL
@@ -189,6 +203,7 @@ class Celeriac:
         return BrokerOptions(
             lease_timeout=self.conf.broker_lease_timeout,
             max_deliveries=self.conf.broker_max_deliveries,
+            connect_timeout=self.conf.broker_connection_timeout,
             transport_options=dict(self.conf.broker_transport_options),
         )
 

@@ -83,6 +83,9 @@ class Settings:
     worker_shutdown_timeout: float = 30.0
     worker_async_concurrency: int = 100
     worker_hijack_root_logger: bool = True
+    worker_middleware: list[Any] = dataclasses.field(default_factory=list)
+    """The user's worker middleware, after the defaults: ``Middleware`` instances or
+    classes, or ``Placement``s (``celeriac.worker.middleware``); never import paths."""
     # app
     imports: list[str] = dataclasses.field(default_factory=list)
     include: list[str] = dataclasses.field(default_factory=list)
@@ -146,6 +149,8 @@ SETTING_TYPES: dict[str, Any] = get_type_hints(Settings)
 SETTING_NAMES: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Settings))
 _CHOICES = {"worker_pool": ("process", "thread", "async", "solo")}
 _NOT_NEGATIVE = frozenset({"task_message_max_size"})
+_OBJECTS = frozenset({"worker_middleware"})
+"""Settings that hold objects: a string in them (an import path) is refused."""
 
 
 def _unknown_message(name: str, where: str = "setting") -> str:
@@ -209,12 +214,25 @@ def coerce(name: str, value: Any) -> Any:
         and isinstance(value, Iterable)
         and not isinstance(value, str | Mapping)
     ):
-        return list(value)
+        return _no_import_paths(name, list(value))
     if _accepts(hint, list) and isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
+        return _no_import_paths(name, [part.strip() for part in value.split(",") if part.strip()])
     if _accepts(hint, dict) and isinstance(value, Mapping):
         return dict(value)
     expected = getattr(hint, "__name__", None) or str(hint)
     raise ConfigurationError(
         f"setting {name!r} must be {expected}, not {type(value).__name__} ({value!r})"
     )
+
+
+def _no_import_paths(name: str, items: list[Any]) -> list[Any]:
+    """``items``; for a setting that holds objects, none may be a string (an import path):
+    celeriac imports nothing by name, so "go to definition" always works."""
+    if name in _OBJECTS:
+        for item in items:
+            if isinstance(item, str):
+                raise ConfigurationError(
+                    f"setting {name!r} takes objects, not import paths like {item!r}: "
+                    "import it and pass the object"
+                )
+    return items

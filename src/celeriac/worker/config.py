@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..brokers import broker_class
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -53,9 +54,10 @@ def choose_config(
     pool = pool or conf.worker_pool
     if pool not in POOLS:
         raise ConfigurationError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
-    if app.broker_url.startswith("memory://") and pool == "process":
+    broker = broker_class(app.broker_url)  # nothing connects
+    if pool == "process" and not broker.shares_processes:
         raise ConfigurationError(
-            "the memory:// broker lives inside one process; "
+            f"the {broker.scheme}:// broker lives inside one process; "
             "run the worker with -P thread, async or solo"
         )
     cores = os.cpu_count() or 1

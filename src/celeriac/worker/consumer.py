@@ -25,7 +25,7 @@ from ..execution import Outcome
 from .context import WorkerContext
 from .executor import Executor
 from .job import Job, Undeliverable, decode_job
-from .middleware import Defer, Middleware, Skip, default_middleware
+from .middleware import Defer, Middleware, Skip, middleware_for
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -74,7 +74,7 @@ class TaskConsumer:
         self.concurrency = max(1, concurrency)
         self.capacity = self.concurrency * max(1, prefetch_multiplier)
         self.ctx = WorkerContext(app, app.codec, hostname, self.concurrency, processes)
-        self.middleware = default_middleware() if middleware is None else middleware
+        self.middleware = middleware_for(app) if middleware is None else middleware
         self.max_tasks = max_tasks
         self.max_memory_kib = max_memory_kib
         self.shutdown_timeout = shutdown_timeout
@@ -287,7 +287,7 @@ class TaskConsumer:
             reason = f"rejected by the task: {outcome.exc}"
             await consumer.dead_letter(job.delivery, reason, outcome.exc)
         elif job.task.acks_late:
-            await consumer.ack(job.delivery, job.ack_writes)
+            await consumer.ack(job.delivery, outcome.ack_writes)
         if (
             isinstance(outcome.exc, TimeLimitExceeded)
             and self.exit_on_hard_timeout

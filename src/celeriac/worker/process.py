@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from .._sync import new_event_loop
 from .config import WorkerConfig
 from .consumer import TaskConsumer
+from .middleware import middleware_for
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -49,6 +50,7 @@ def build_consumer(
     child: bool,
     on_deadline: Callable[[float], None] | None = None,
 ) -> TaskConsumer:
+    """The consume loop of one worker process: the default middleware plus the app's."""
     return TaskConsumer(
         app,
         config.queues,
@@ -56,6 +58,7 @@ def build_consumer(
         prefetch_multiplier=config.prefetch_multiplier,
         hostname=config.hostname,
         processes=config.processes,
+        middleware=middleware_for(app),
         max_tasks=config.max_tasks_per_child if child else None,
         max_memory_kib=config.max_memory_per_child if child else None,
         shutdown_timeout=config.shutdown_timeout,

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import click
 import orjson
 
-from ._sync import run_sync
-
-if TYPE_CHECKING:
-    from .app import Celeriac
-
-
-def _app(ctx: click.Context) -> Celeriac:
-    from .cli import get_app
-
-    return get_app(ctx)
+from ..brokers.base import DeadLetter
+from .common import get_app, run
 
 
 @click.group("dead-letters")
@@ -31,7 +22,7 @@ def dead_letters() -> None:
 @click.pass_context
 def list_(ctx: click.Context, queue: str | None, limit: int) -> None:
     """One line per dead letter: id, queue, task, reason."""
-    app = _app(ctx)
+    app = get_app(ctx)
 
     async def go() -> list[str]:
         broker = await app.abroker()
@@ -42,7 +33,7 @@ def list_(ctx: click.Context, queue: str | None, limit: int) -> None:
             rows.append(f"{d.id}\t{d.queue}\t{task}\t{when}\t{d.reason}")
         return rows
 
-    lines = run_sync(go)
+    lines = run(go)
     click.echo("\n".join(lines) if lines else "no dead letters")
 
 
@@ -51,29 +42,33 @@ def list_(ctx: click.Context, queue: str | None, limit: int) -> None:
 @click.pass_context
 def show(ctx: click.Context, letter_id: str) -> None:
     """Everything about one dead letter."""
-    app = _app(ctx)
+    app = get_app(ctx)
 
     async def go() -> str:
         broker = await app.abroker()
         for d in await broker.dead_letters(None, 1_000_000):
             if d.id == letter_id:
-                info = {
-                    "id": d.id,
-                    "queue": d.queue,
-                    "reason": d.reason,
-                    "delivery_count": d.delivery_count,
-                    "dead_at": d.dead_at,
-                }
-                if d.message is not None:
-                    info["headers"] = dict(d.message.headers)
-                    info["content_type"] = d.message.content_type
-                    info["body"] = d.message.body.decode("utf-8", "replace")
-                else:
-                    info["raw"] = d.raw.decode("utf-8", "replace")
-                return orjson.dumps(info, option=orjson.OPT_INDENT_2, default=str).decode()
+                return orjson.dumps(_describe(d), option=orjson.OPT_INDENT_2, default=str).decode()
         raise click.ClickException(f"no dead letter with id {letter_id}")
 
-    click.echo(run_sync(go))
+    click.echo(run(go))
+
+
+def _describe(d: DeadLetter) -> dict[str, object]:
+    info: dict[str, object] = {
+        "id": d.id,
+        "queue": d.queue,
+        "reason": d.reason,
+        "delivery_count": d.delivery_count,
+        "dead_at": d.dead_at,
+    }
+    if d.message is not None:
+        info["headers"] = dict(d.message.headers)
+        info["content_type"] = d.message.content_type
+        info["body"] = d.message.body.decode("utf-8", "replace")
+    else:
+        info["raw"] = d.raw.decode("utf-8", "replace")
+    return info
 
 
 @dead_letters.command()
@@ -81,13 +76,13 @@ def show(ctx: click.Context, letter_id: str) -> None:
 @click.pass_context
 def requeue(ctx: click.Context, letter_ids: tuple[str, ...]) -> None:
     """Put dead letters back on their queues."""
-    app = _app(ctx)
+    app = get_app(ctx)
 
     async def go() -> int:
         broker = await app.abroker()
         return await broker.requeue_dead_letters(list(letter_ids))
 
-    click.echo(f"requeued {run_sync(go)} message(s)")
+    click.echo(f"requeued {run(go)} message(s)")
 
 
 @dead_letters.command("purge")
@@ -95,10 +90,10 @@ def requeue(ctx: click.Context, letter_ids: tuple[str, ...]) -> None:
 @click.pass_context
 def purge_(ctx: click.Context, queue: str | None) -> None:
     """Delete dead letters for good."""
-    app = _app(ctx)
+    app = get_app(ctx)
 
     async def go() -> int:
         broker = await app.abroker()
         return await broker.purge_dead_letters(queue)
 
-    click.echo(f"deleted {run_sync(go)} dead letter(s)")
+    click.echo(f"deleted {run(go)} dead letter(s)")
