@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import time
 import traceback as tb
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import states
 from .errors import Ignore, Reject, Retry
 from .request import Request, current_request
+from .shared_storage import StorageWrite
 
 if TYPE_CHECKING:
     from .task import Task
@@ -38,6 +40,9 @@ class Outcome:
     """For RETRY: seconds until the next attempt."""
     requeue: bool = False
     """For REJECTED: hand the message back instead of dead-lettering it."""
+    ack_writes: Sequence[StorageWrite] = ()
+    """A result store's writes for the broker to make with the ack (see
+    ``celeriac.shared_storage``): set by the worker's ``Results``."""
 
 
 class _Call:

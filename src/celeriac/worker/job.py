@@ -21,7 +21,6 @@ from ..protocol import Message, TaskBody, check_headers
 from ..request import Request
 from ..sending import check_message_size
 from ..serialization import Codec
-from ..shared_storage import StorageWrite
 from ..task import Task
 
 if TYPE_CHECKING:
@@ -44,8 +43,6 @@ class Job:
     hard_limit: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     """Scratch space for middleware (timings, tokens)."""
-    ack_writes: list[StorageWrite] = field(default_factory=list)
-    """A result store's writes to make with this job's ack (see ``Results``)."""
 
     @property
     def message(self) -> Message:

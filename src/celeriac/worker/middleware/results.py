@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 from ... import states
 from ...backends.base import ResultBackend, ResultMeta, utcnow_iso
@@ -32,6 +33,10 @@ class Results(Middleware):
     waiting in ``get()`` learns it will never run.
     """
 
+    def __init__(self) -> None:
+        self._shared: bool | None = None
+        """Whether the broker makes the store's writes (decided on the first task)."""
+
     async def task_started(self, ctx: WorkerContext, job: Job) -> None:
         if job.task.track_started and not job.request.ignore_result:
             backend = await ctx.app.abackend()
@@ -46,13 +51,14 @@ class Results(Middleware):
         if outcome.state == states.REJECTED and not outcome.requeue:
             return outcome  # dead-lettered next: stored by `dead_lettered`
         backend = await ctx.app.abackend()
-        with_ack = job.task.acks_late and not _goes_on(job) and await _shares(ctx, backend)
+        if self._shared is None:
+            self._shared = same_storage((await ctx.app.abroker()).storage, backend.storage)
+        with_ack = self._shared and job.task.acks_late and not _goes_on(job)
         try:
-            await self._store(backend, self._meta(ctx, job, outcome), job, with_ack)
+            return await self._store(ctx, backend, job, outcome, with_ack)
         except SerializationError as exc:
-            outcome = Outcome(states.FAILURE, exc=exc, runtime=outcome.runtime)
-            await self._store(backend, self._meta(ctx, job, outcome), job, with_ack)
-        return outcome
+            failed = Outcome(states.FAILURE, exc=exc, runtime=outcome.runtime)
+            return await self._store(ctx, backend, job, failed, with_ack)
 
     async def dead_lettered(
         self, ctx: WorkerContext, delivery: Delivery, reason: str, cause: BaseException | None
@@ -70,12 +76,14 @@ class Results(Middleware):
             logger.warning("could not record the rejection of %s: %s", task_id, exc)
 
     async def _store(
-        self, backend: ResultBackend, meta: ResultMeta, job: Job, with_ack: bool
-    ) -> None:
+        self, ctx: WorkerContext, backend: ResultBackend, job: Job, outcome: Outcome, with_ack: bool
+    ) -> Outcome:
+        """Store the outcome now, or hand its writes to the ack (``Outcome.ack_writes``)."""
+        meta, token = self._meta(ctx, job, outcome), fence(job.delivery)
         if with_ack and meta.status in _WITH_ACK:
-            job.ack_writes = backend.store_writes(meta, fence=fence(job.delivery))
-        else:
-            await backend.store(meta, reply_to=job.request.reply_to, fence=fence(job.delivery))
+            return replace(outcome, ack_writes=backend.store_writes(meta, fence=token))
+        await backend.store(meta, reply_to=job.request.reply_to, fence=token)
+        return outcome
 
     def _meta(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> ResultMeta:
         if outcome.state == states.SUCCESS:
@@ -127,8 +135,3 @@ def _goes_on(job: Job) -> bool:
     """Whether something runs after this task that may read its stored result."""
     body = job.body
     return bool(body.chord or body.callbacks or body.errbacks or body.chain)
-
-
-async def _shares(ctx: WorkerContext, backend: ResultBackend) -> bool:
-    broker = await ctx.app.abroker()
-    return same_storage(broker.storage, backend.storage)
