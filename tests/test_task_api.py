@@ -147,6 +147,28 @@ def test_task_always_eager_on_signatures_too(app: Celeriac) -> None:
         add.s(1).delay()  # the task's argument check applies to its signatures too
 
 
+def test_task_always_eager_runs_chains_groups_and_chords_here(app: Celeriac) -> None:
+    """As in Celery, flows under eager mode run at once in the caller: nothing is queued."""
+    from celeriac import chain, chord, group
+
+    app.conf.task_always_eager = True
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    assert chain(add.s(1, 2), add.s(10), add.s(100), app=app).delay().get() == 113
+    assert (add.s(1, 1) | add.s(1)).apply_async().get() == 3
+    assert group([add.s(i, i) for i in range(4)], app=app).delay().get() == [0, 2, 4, 6]
+    assert chord([add.s(i, 1) for i in range(3)], total.s(), app=app).delay().get() == 6
+    assert run_sync(lambda: chain(add.s(2, 2), add.s(2), app=app).adelay()).get() == 6
+    assert _queued(app) == 0
+
+
 def test_a_signature_sends_with_its_tasks_options(app: Celeriac) -> None:
     @app.task(queue="reports", priority=7, serializer="msgpack", time_limit=9, expires=60)
     def report(x: int) -> int:

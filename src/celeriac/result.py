@@ -256,8 +256,14 @@ class GroupResult:
     join = get
 
     async def astates(self) -> list[str]:
-        backend = await self.app.abackend()
-        metas = await backend.get_many([r.id for r in self.results])
+        """Each member's state: what a member already knows (eager, or a ready state
+        it read), else one read of the store for the rest."""
+        unknown = [r.id for r in self.results if r._cache is None]
+        stored: dict[str, ResultMeta | None] = {}
+        if unknown:
+            backend = await self.app.abackend()
+            stored = dict(zip(unknown, await backend.get_many(unknown), strict=True))
+        metas = [r._cache if r._cache is not None else stored[r.id] for r in self.results]
         return [states.PENDING if m is None else m.status for m in metas]
 
     def _states(self) -> list[str]:

@@ -99,6 +99,23 @@ class chain(Signature[Any]):  # noqa: N801 - Celery's name
                 result.parent = parent
         return result
 
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Each step here and now, given the previous step's value first."""
+        step_args: tuple[Any, ...] = (*(args or ()), *self["args"])
+        step_kwargs, last = kwargs, None
+        for step in self._steps():
+            result = step.apply(step_args, step_kwargs, **options)
+            result.parent = last
+            last, step_args, step_kwargs = result, (result.get(),), None
+        if last is None:
+            raise ValueError("an empty chain has nothing to run")
+        return last
+
     async def asend(self, app: Celeriac) -> Any:
         result = self.freeze(self["options"].get("task_id"))
         steps: list[Signature[Any]] = self["kwargs"]["tasks"]
@@ -163,6 +180,18 @@ class group(Signature[Any]):  # noqa: N801 - Celery's name
     ) -> GroupResult:
         result: GroupResult = await super().aapply_async(args, kwargs, **options)  # type: ignore[assignment]
         return result
+
+    def apply(  # type: ignore[override]
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> GroupResult:
+        """Every member here and now, in order."""
+        given = (*(args or ()), *self["args"])
+        members = [member.apply(given, kwargs, **options) for member in self.tasks]
+        group_id = self["options"].get("group_id") or str(uuid.uuid4())
+        return GroupResult(group_id, members, app=self.app)
 
     async def asend(self, app: Celeriac) -> GroupResult:
         result = self.freeze(self["options"].get("group_id"))
@@ -256,6 +285,19 @@ class chord(Signature[Any]):  # noqa: N801 - Celery's name
         self["kwargs"]["header"], self["kwargs"]["body"] = header, body
         self["options"]["group_id"] = group_id
         return body_result
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """The header here and now, then the body with the list of its values."""
+        body = self.body
+        if body is None:
+            raise ValueError("a chord needs a body: chord(header)(body) or chord(header, body)")
+        values = self.header.apply((*(args or ()), *self["args"]), kwargs).get()
+        return body.apply((values,), **options)
 
     async def asend(self, app: Celeriac) -> AsyncResult[Any]:
         result = self.freeze(self["options"].get("task_id"))

@@ -183,6 +183,8 @@ class Signature(dict[str, Any], Generic[R]):
         task = call._registered_task()
         if task is not None:
             return task.apply_async(call["args"], call["kwargs"], **call["options"])
+        if not call.is_plain and self.app.conf.task_always_eager:
+            return call.apply()
         result: AsyncResult[R] = run_sync(lambda: call.asend(self.app))
         return result
 
@@ -196,8 +198,22 @@ class Signature(dict[str, Any], Generic[R]):
         task = call._registered_task()
         if task is not None:
             return await task.aapply_async(call["args"], call["kwargs"], **call["options"])
+        if not call.is_plain and self.app.conf.task_always_eager:
+            return call.apply()
         result: AsyncResult[R] = await call.asend(self.app)
         return result
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Run this call here and now, nothing sent (``Task.apply``); flows run
+        their steps so (eager mode sends them here)."""
+        call = self.clone(args, kwargs, **options)
+        task = self.app.get_task(call.task)
+        return task.apply(call["args"], call["kwargs"], **call["options"])
 
     def _registered_task(self) -> Task[Any, R] | None:
         """The app's task for a plain call (flows send themselves)."""
