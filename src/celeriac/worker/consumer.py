@@ -26,6 +26,7 @@ from .context import WorkerContext
 from .executor import Executor
 from .job import Job, Undeliverable, decode_job
 from .middleware import Defer, Middleware, Skip, middleware_for
+from .middleware.base import with_own
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -75,6 +76,10 @@ class TaskConsumer:
         self.capacity = self.concurrency * max(1, prefetch_multiplier)
         self.ctx = WorkerContext(app, app.codec, hostname, self.concurrency, processes)
         self.middleware = middleware_for(app) if middleware is None else middleware
+        self._before = with_own(self.middleware, "before_task")
+        self._started = with_own(self.middleware, "task_started")
+        self._after = with_own(self.middleware, "after_task")
+        self._on_dead_letter = with_own(self.middleware, "dead_lettered")
         self.max_tasks = max_tasks
         self.max_memory_kib = max_memory_kib
         self.shutdown_timeout = shutdown_timeout
@@ -207,7 +212,7 @@ class TaskConsumer:
     async def _dead_lettered(
         self, delivery: Delivery, reason: str, cause: BaseException | None
     ) -> None:
-        for mw in self.middleware:
+        for mw in self._on_dead_letter:
             try:
                 await mw.dead_lettered(self.ctx, delivery, reason, cause)
             except Exception:
@@ -216,7 +221,7 @@ class TaskConsumer:
     async def _start(self, consumer: Consumer, job: Job) -> Outcome | None:
         """Run the task (or take a middleware's decision instead); None: handed back."""
         decision: Skip | Defer | None = None
-        for mw in self.middleware:
+        for mw in self._before:
             decision = await mw.before_task(self.ctx, job)
             if decision is not None:
                 break
@@ -260,7 +265,7 @@ class TaskConsumer:
         return True
 
     async def _finish(self, consumer: Consumer, job: Job, outcome: Outcome) -> None:
-        for mw in self.middleware:
+        for mw in self._after:
             outcome = await mw.after_task(self.ctx, job, outcome)
         await self._settle(consumer, job, outcome)
 
@@ -268,7 +273,7 @@ class TaskConsumer:
         if not job.task.acks_late:  # at most once: acknowledged before it runs
             await consumer.ack(job.delivery)
             await consumer.flush_acks()
-        for mw in self.middleware:
+        for mw in self._started:
             await mw.task_started(self.ctx, job)
         return await self._executor.run(job, self.on_deadline)
 

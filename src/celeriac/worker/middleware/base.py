@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ from ..job import Job
 if TYPE_CHECKING:
     from ..context import WorkerContext
 
-__all__ = ["Defer", "Middleware", "Skip"]
+__all__ = ["Defer", "Middleware", "Skip", "with_own"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +58,10 @@ class Middleware:
     ) -> None:
         """After ``delivery`` went to the dead-letter store: undecodable, unknown task,
         delivered too many times, or rejected by the task (``cause``, if any, says why)."""
+
+
+def with_own(middleware: Sequence[Middleware], hook: str) -> list[Middleware]:
+    """The middleware that implement ``hook`` themselves, in order: the loop calls
+    only these, not the base class's no-op of every other one."""
+    default = getattr(Middleware, hook)
+    return [m for m in middleware if getattr(type(m), hook) is not default]

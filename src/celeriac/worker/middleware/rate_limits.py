@@ -53,17 +53,25 @@ class TokenBucket:
 
 class RateLimits(Middleware):
     def __init__(self) -> None:
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[str, TokenBucket | None] = {}
+        """Per task name; None for a task without a rate limit (parsed once)."""
 
     async def before_task(self, ctx: WorkerContext, job: Job) -> Skip | Defer | None:
-        rate = parse_rate(job.task.rate_limit)
-        if rate is None:
-            return None
-        bucket = self._buckets.get(job.name)
         now = time.monotonic()
+        try:
+            bucket = self._buckets[job.name]
+        except KeyError:
+            bucket = self._buckets[job.name] = _bucket(job.task.rate_limit, ctx.processes, now)
         if bucket is None:
-            share = rate / max(1, ctx.processes)
-            bucket = TokenBucket(share, max(1.0, share), 1.0, now)
-            self._buckets[job.name] = bucket
+            return None
         wait = bucket.take(now)
         return Defer(wait) if wait > 0 else None
+
+
+def _bucket(rate_limit: str | float | int | None, processes: int, now: float) -> TokenBucket | None:
+    """This process's share of a task's rate, or None when it has no limit."""
+    rate = parse_rate(rate_limit)
+    if rate is None:
+        return None
+    share = rate / max(1, processes)
+    return TokenBucket(share, max(1.0, share), 1.0, now)
