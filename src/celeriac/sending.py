@@ -16,7 +16,7 @@ has it:
   into those options, since the worker reads them too;
 - the settings that route a message at send time: ``task_routes`` then
   ``task_default_queue``, ``task_default_priority``, ``task_serializer``
-  (:func:`message_serializer`, also for a worker that re-encodes a retry).
+  (:func:`message_serializer`).
 
 A task not registered here (``send_task`` by name) leaves its time limits to
 the worker's task and stores its result unless the call says otherwise.

@@ -419,4 +419,3 @@ class Consumer(ABC):
 
     async def _close(self) -> None:  # noqa: B027 - optional hook
         """Release the consumer's own resources, if it has any."""
-
