@@ -125,6 +125,8 @@ DEAD_QUEUE = "celeriac.dead"
 MAX_PRIORITY = 10
 POOL_CHANNELS = 8
 """Channels that declare and count a queue's delay queues at once."""
+STATS_RECOUNTS = 5
+"""Most extra counts ``stats`` makes while a delayed message moves between rungs."""
 
 
 def delay_routing_key(delay_ms: int, queue: str) -> str:
@@ -368,9 +370,19 @@ class AmqpBroker(Broker):
         return [self.name(q) for q in [queue, *delays]]
 
     async def stats(self, queue: str) -> QueueStats:
+        """Counts of the queue and its delay rungs. A delayed message moves from rung
+        to rung while they are counted (it could count twice or not at all), so
+        the rungs are counted until two counts in a row agree (a few times at most)."""
         try:
             await self.declare_delays(queue)
-            ready, *delays = await self._spread(self._count, self._names_of(queue))
+            names = self._names_of(queue)
+            counts = await self._spread(self._count, names)
+            for _ in range(STATS_RECOUNTS):
+                again = await self._spread(self._count, names)
+                if again == counts:
+                    break
+                counts = again
+            ready, *delays = counts
         except BrokerError:
             raise
         except Exception as exc:
