@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from celeriac import Celeriac, states
+from celeriac import states
 from celeriac.errors import DeadLettered
 from celeriac.result import AsyncResult
 from celeriac.testing import WorkerProcess
 
 from .services import redis_url
+from .worker_processes import ROOT, client_app, runs, wait_for, worker_env
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
@@ -39,29 +36,8 @@ def _urls(kind: str, tmp_path: Path) -> tuple[str, str]:
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    broker, backend = _urls(request.param, tmp_path)
-    yield _env(broker, backend, tmp_path)
-
-
-def _env(broker: str, backend: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        "CELERIAC_BROKER_URL": broker,
-        "CELERIAC_RESULT_BACKEND": backend,
-        "CELERIAC_BROKER_LEASE_TIMEOUT": "2",
-        "CELERIAC_WORKER_SHUTDOWN_TIMEOUT": "10",
-        "RUN_LOG": str(tmp_path / "runs.log"),
-    }
-
-
-def _client(env: dict[str, str]) -> Celeriac:
-    return Celeriac(
-        "client",
-        broker=env["CELERIAC_BROKER_URL"],
-        backend=env["CELERIAC_RESULT_BACKEND"],
-        broker_lease_timeout=float(env["CELERIAC_BROKER_LEASE_TIMEOUT"]),
-        set_as_current=False,
-    )
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    return worker_env(*_urls(request.param, tmp_path), tmp_path)
 
 
 def _worker(env: dict[str, str], tmp_path: Path, *args: str, name: str) -> WorkerProcess:
@@ -70,26 +46,11 @@ def _worker(env: dict[str, str], tmp_path: Path, *args: str, name: str) -> Worke
     )
 
 
-def _runs(env: dict[str, str]) -> Counter[str]:
-    path = Path(env["RUN_LOG"])
-    lines = path.read_text().split("\n") if path.exists() else []
-    return Counter(line.split()[0] for line in lines if line)
-
-
-def _wait_for(condition: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
-
-
 def test_thread_pool_drain_runs_every_task_exactly_once(
     setup: dict[str, str], tmp_path: Path
 ) -> None:
     """2,000 short tasks through ``-P thread -c 8`` with no fault: no task runs twice."""
-    client = _client(setup)
+    client = client_app(setup)
     try:
         results: list[AsyncResult[int]] = [
             client.send_task("tests.apps.durable.work", (i, 0.002)) for i in range(2000)
@@ -97,7 +58,7 @@ def test_thread_pool_drain_runs_every_task_exactly_once(
         with _worker(setup, tmp_path, "-P", "thread", "-c", "8", name="threads") as w:
             assert sorted(r.get(timeout=120) for r in results) == list(range(2000))
             log = w.log()
-        counts = _runs(setup)
+        counts = runs(setup)
         twice = {task_id: n for task_id, n in counts.items() if n > 1}
         assert not twice, f"{len(twice)} tasks ran more than once"
         assert set(counts) == {r.id for r in results}
@@ -112,13 +73,13 @@ def test_a_late_worker_cannot_overwrite_the_result_of_the_attempt_that_took_over
 ) -> None:
     """Worker A is paused (SIGSTOP) past its lease; B runs the task and stores SUCCESS;
     A resumes and its run raises: the stored state stays SUCCESS."""
-    env = {**_env(*_urls(kind, tmp_path), tmp_path), "CELERIAC_BROKER_LEASE_TIMEOUT": "1"}
-    client = _client(env)
+    env = worker_env(*_urls(kind, tmp_path), tmp_path, lease_timeout=1)
+    client = client_app(env)
     marker = tmp_path / "first-attempt"
     try:
         result = client.send_task("tests.apps.durable.fails_if_first", (str(marker), 3.0))
         late = _worker(env, tmp_path, "-P", "solo", name="late").start()
-        _wait_for(marker.exists, 20)
+        wait_for(marker.exists, 20)
         assert late.proc is not None
         os.kill(late.proc.pid, signal.SIGSTOP)  # a paused VM: no heartbeats, lease lapses
         with _worker(env, tmp_path, "-P", "solo", name="taker"):
@@ -126,7 +87,7 @@ def test_a_late_worker_cannot_overwrite_the_result_of_the_attempt_that_took_over
         seen = client.AsyncResult(result.id)
         assert seen.state == states.SUCCESS  # and this object now keeps SUCCESS
         os.kill(late.proc.pid, signal.SIGCONT)
-        _wait_for(lambda: f"[{result.id}] FAILURE" in late.log(), 20)
+        wait_for(lambda: f"[{result.id}] FAILURE" in late.log(), 20)
         assert late.stop(timeout=20) == 0  # its acks and writes are flushed by now
         assert seen.state == states.SUCCESS
         fresh = client.AsyncResult(result.id)
@@ -138,12 +99,8 @@ def test_a_late_worker_cannot_overwrite_the_result_of_the_attempt_that_took_over
 def test_a_task_that_keeps_killing_its_worker_ends_rejected(tmp_path: Path) -> None:
     """Dead-lettered after too many deliveries: a waiting caller learns it (REJECTED)."""
     url = f"sqlite:///{tmp_path}/celeriac.db"
-    env = {
-        **_env(url, url, tmp_path),
-        "CELERIAC_BROKER_MAX_DELIVERIES": "2",
-        "CELERIAC_BROKER_LEASE_TIMEOUT": "1",
-    }
-    client = _client(env)
+    env = {**worker_env(url, url, tmp_path, lease_timeout=1), "CELERIAC_BROKER_MAX_DELIVERIES": "2"}
+    client = client_app(env)
     try:
         poison = client.send_task("tests.apps.durable.poison")
         with _worker(env, tmp_path, "-c", "1", name="poisoned"):
@@ -184,8 +141,8 @@ def test_an_error_after_the_task_ran_does_not_run_it_again(
     try:
         with worker_thread(app):
             chain(big.s(1), length.s(), app=app).delay()
-            _wait_for(lambda: "acknowledged, not run again" in caplog.text, 10)
-            _wait_for(lambda: run_sync(reserved) == 0, 10)
+            wait_for(lambda: "acknowledged, not run again" in caplog.text, 10)
+            wait_for(lambda: run_sync(reserved) == 0, 10)
         assert ran == [1]
     finally:
         app.close()
@@ -217,9 +174,9 @@ def test_warm_shutdown_hands_back_prefetched_tasks_at_once() -> None:
         results = [hold.delay(i) for i in range(4)]
         with worker_thread(app, concurrency=1, prefetch_multiplier=4) as worker:
             started.wait(10)
-            _wait_for(lambda: run_sync(stats).reserved == 4, 10)
+            wait_for(lambda: run_sync(stats).reserved == 4, 10)
             worker.request_stop("test")
-            _wait_for(lambda: run_sync(stats) == QueueStats(ready=3, delayed=0, reserved=1), 5)
+            wait_for(lambda: run_sync(stats) == QueueStats(ready=3, delayed=0, reserved=1), 5)
             release.set()
         assert [r.state for r in results].count(states.SUCCESS) == 1
     finally:

@@ -14,8 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,8 @@ from celeriac._sync import run_sync
 from celeriac.brokers.base import QueueStats
 from celeriac.testing import WorkerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+from .worker_processes import ROOT, client_app, run_lines, wait_for, worker_env
+
 pytestmark = pytest.mark.slow
 
 LEASE = 10.0
@@ -38,24 +38,12 @@ PREFETCH = 4
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     url = f"sqlite:///{tmp_path}/broker.db"
-    return {
-        "CELERIAC_BROKER_URL": url,
-        "CELERIAC_RESULT_BACKEND": url,
-        "CELERIAC_BROKER_LEASE_TIMEOUT": str(LEASE),
-        "CELERIAC_WORKER_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
-        "RUN_LOG": str(tmp_path / "runs.log"),
-    }
+    return worker_env(url, url, tmp_path, lease_timeout=LEASE, shutdown_timeout=SHUTDOWN_TIMEOUT)
 
 
 @pytest.fixture
 def client(env: dict[str, str]) -> Iterator[Celeriac]:
-    app = Celeriac(
-        "client",
-        broker=env["CELERIAC_BROKER_URL"],
-        backend=env["CELERIAC_RESULT_BACKEND"],
-        broker_lease_timeout=LEASE,
-        set_as_current=False,
-    )
+    app = client_app(env)
     yield app
     app.close()
 
@@ -85,11 +73,9 @@ def pgid(w: WorkerProcess) -> int:
 
 def events(env: dict[str, str], kind: str) -> list[str]:
     """Task ids (pids for ``forked`` and ``unheld``) of the ``kind`` lines in RUN_LOG."""
-    path = Path(env["RUN_LOG"])
-    lines = path.read_text().splitlines() if path.exists() else []
     return [
         fields[2] if kind in ("forked", "unheld") else fields[1]
-        for fields in (line.split() for line in lines)
+        for fields in run_lines(env)
         if fields[0] == kind
     ]
 
@@ -100,15 +86,6 @@ def queue_stats(client: Celeriac) -> QueueStats:
         return await broker.stats(client.conf.task_default_queue)
 
     return run_sync(stats)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def send_steps(client: Celeriac, count: int, seconds: float) -> list[str]:

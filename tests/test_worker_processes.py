@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,20 +20,15 @@ from celeriac.errors import TimeLimitExceeded
 from celeriac.result import AsyncResult
 from celeriac.testing import WorkerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+from .worker_processes import ROOT, client_app, runs, wait_for, worker_env
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     url = f"sqlite:///{tmp_path}/broker.db"
-    values = {
-        "CELERIAC_BROKER_URL": url,
-        "CELERIAC_RESULT_BACKEND": url,
-        "CELERIAC_BROKER_LEASE_TIMEOUT": "2",
-        "CELERIAC_WORKER_SHUTDOWN_TIMEOUT": "10",
-        "RUN_LOG": str(tmp_path / "runs.log"),
-    }
+    values = worker_env(url, url, tmp_path)
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     yield values
@@ -47,13 +41,7 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def client(env: dict[str, str]) -> Iterator[Celeriac]:
-    app = Celeriac(
-        "client",
-        broker=env["CELERIAC_BROKER_URL"],
-        backend=env["CELERIAC_RESULT_BACKEND"],
-        broker_lease_timeout=2.0,
-        set_as_current=False,
-    )
+    app = client_app(env)
     yield app
     app.close()
 
@@ -66,21 +54,6 @@ def worker(env: dict[str, str], tmp_path: Path, *args: str, name: str = "worker"
 
 def send_work(client: Celeriac, count: int, seconds: float) -> list[AsyncResult[int]]:
     return [client.send_task("tests.apps.durable.work", (i, seconds)) for i in range(count)]
-
-
-def runs(env: dict[str, str]) -> Counter[str]:
-    path = Path(env["RUN_LOG"])
-    lines = path.read_text().split("\n") if path.exists() else []
-    return Counter(line.split()[0] for line in lines if line)
-
-
-def wait_for(condition: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_sigkill_of_a_child_mid_task_loses_nothing(
