@@ -41,7 +41,15 @@ from .busy import connect, is_busy, retrying
 from .schema import INSERT, SCHEMA, Row
 from .url import parse_sqlite_url
 
-__all__ = ["Connection", "Insert", "make_writes", "open_fast", "transaction", "writers"]
+__all__ = [
+    "Connection",
+    "Insert",
+    "broker_connection",
+    "make_writes",
+    "open_fast",
+    "transaction",
+    "writers",
+]
 
 T = TypeVar("T")
 
@@ -120,9 +128,17 @@ class Connection:
     makes a write cut short that way safe.
     """
 
-    def __init__(self, url: str, synchronous: str):
+    def __init__(
+        self,
+        url: str,
+        open_db: Callable[[], sqlite3.Connection],
+        failed: Callable[[sqlite3.Error, bool], Exception],
+    ):
+        """``open_db`` opens and sets up the connection (in the connection's thread,
+        on first use); ``failed(error, opened)`` is what a driver error becomes."""
         self.url = url
-        self._synchronous = synchronous
+        self._open_db = open_db
+        self._failed = failed
         self._db: sqlite3.Connection | None = None
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -251,8 +267,7 @@ class Connection:
 
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work(db)``, retried while another connection holds the write lock
-        (``celeriac.sqlite.busy.retrying``); driver errors become BrokerError,
-        or BrokerUnavailable while the connection cannot open."""
+        (``celeriac.sqlite.busy.retrying``); driver errors become ``failed``'s."""
         try:
             try:
                 return work(self._db or self._open())
@@ -261,30 +276,42 @@ class Connection:
                     raise
             return retrying(self._on_db, work)  # off the hot path: its call costs ~0.2 µs
         except sqlite3.Error as exc:
-            error = BrokerError if self._db is not None else BrokerUnavailable
-            raise error(f"SQLite broker {redact_url(self.url)}: {exc}") from exc
+            raise self._failed(exc, self._db is not None) from exc
 
     def _on_db(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return work(self._db or self._open())
 
     def _open(self) -> sqlite3.Connection:
-        path, _ = parse_sqlite_url(self.url)
+        self._db = self._open_db()
+        return self._db
+
+
+def broker_connection(url: str, synchronous: str) -> Connection:
+    """A connection to the broker's tables (created on open), ``synchronous`` FULL or NORMAL."""
+
+    def open_db() -> sqlite3.Connection:
+        path, _ = parse_sqlite_url(url)
         if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
             raise BrokerUnavailable(
-                f"cannot open the SQLite broker {redact_url(self.url)}: directory "
+                f"cannot open the SQLite broker {redact_url(url)}: directory "
                 f"{path.parent} does not exist or is not writable; create it, or point "
                 "the broker URL at a writable directory"
             )
         db = connect(path)
         try:
             db.execute("PRAGMA journal_mode = WAL")
-            db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            db.execute(f"PRAGMA synchronous = {synchronous}")
             db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
         except BaseException:
             db.close()
             raise
-        self._db = db
         return db
+
+    def failed(exc: sqlite3.Error, opened: bool) -> Exception:
+        error = BrokerError if opened else BrokerUnavailable
+        return error(f"SQLite broker {redact_url(url)}: {exc}")
+
+    return Connection(url, open_db, failed)
 
 
 def open_fast(url: str) -> sqlite3.Connection:
@@ -309,7 +336,7 @@ class Writers:
 
     def acquire(self, path: str, url: str) -> Connection:
         with self._lock:
-            conn, users = self._shared.get(path) or (Connection(url, "FULL"), 0)
+            conn, users = self._shared.get(path) or (broker_connection(url, "FULL"), 0)
             self._shared[path] = (conn, users + 1)
             return conn
 

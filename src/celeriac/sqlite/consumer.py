@@ -29,7 +29,7 @@ from ..errors import BrokerError, MessageError
 from ..shared_storage import StorageWrite
 from ..url_schemes import redact_url
 from .busy import is_busy
-from .connection import Connection, make_writes, open_fast, transaction
+from .connection import Connection, broker_connection, make_writes, open_fast, transaction
 from .polling import Backoff
 from .schema import (
     ACK,
@@ -90,7 +90,7 @@ class SQLiteConsumer(Consumer):
         self._doorbell = doorbell
         self._connections = connections
         self._owner = f"{name}#{secrets.token_hex(4)}"
-        self._conn = Connection(broker.url, "NORMAL")
+        self._conn = broker_connection(broker.url, "NORMAL")
         connections.add(self._conn)
         self._pick = pick_sql(len(self.queues))
         self._next_visible_sql = next_visible_sql(len(self.queues))

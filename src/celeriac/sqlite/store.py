@@ -30,11 +30,12 @@ at the same time all succeed):
 
 Connections: two per backend, in autocommit mode. Statements run first on
 the event loop, on one that never waits for a lock; when another connection
-holds it, the call goes to the other one's dedicated single-thread executor,
-which waits there, so no sqlite3 call blocks the event loop. WAL lets readers
-and the writer proceed together. Neither uses SQLite's busy handler: the
-one busy policy (:mod:`celeriac.sqlite.busy`) retries a busy lock on the
-executor's thread, from 50 µs doubling, for 5 s.
+holds it, the call goes to the other one, a
+:class:`celeriac.sqlite.connection.Connection` with its own thread (the kind
+the broker's connections are), which waits there, so no sqlite3 call blocks
+the event loop. WAL lets readers and the writer proceed together. Neither
+uses SQLite's busy handler: the one busy policy (:mod:`celeriac.sqlite.busy`)
+retries a busy lock on that thread, from 50 µs doubling, for 5 s.
 
 Durability: ``synchronous=NORMAL``. In WAL mode a commit then survives any
 crash of the process; only an OS crash or power loss can undo the last
@@ -67,7 +68,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
@@ -75,6 +76,7 @@ from ..backends.base import BackendOptions, Changed, ResultBackend
 from ..errors import BackendError
 from ..shared_storage import StorageWrite
 from .busy import connect, is_busy, retrying
+from .connection import Connection
 from .polling import Backoff, pause
 from .url import parse_sqlite_url
 
@@ -141,8 +143,8 @@ class SQLiteBackend(ResultBackend):
         super().__init__(url, options)
         self._path, _ = parse_sqlite_url(url)
         self.storage = f"sqlite:{self._path}"
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Connection | None = None
+        """Its own thread, for what meets a busy lock on the loop (as the broker's)."""
         self._fast: sqlite3.Connection | None = None
         """Used on the event loop itself, never waits for a lock (see ``_run``)."""
         self._writes = 0
@@ -154,14 +156,18 @@ class SQLiteBackend(ResultBackend):
     async def connect(self) -> None:
         if self._conn is not None:
             return
-        executor = ThreadPoolExecutor(1, thread_name_prefix="celeriac-sqlite-results")
-        loop = asyncio.get_running_loop()
+        url = self.url
+
+        def failed(exc: sqlite3.Error, opened: bool) -> Exception:
+            return BackendError(f"result store {url} failed: {exc}")
+
+        conn = Connection(url, partial(_open, self._path, url), failed)
         try:
-            self._conn = await loop.run_in_executor(executor, _open, self._path, self.url)
+            await conn.submit(_nothing)  # opens it, creating the tables
         except BaseException:
-            executor.shutdown(wait=False)
+            await conn.close()
             raise
-        self._executor = executor
+        self._conn = conn
         self._fast = connect(self._path)
         self._fast.execute("PRAGMA synchronous=NORMAL")
 
@@ -171,13 +177,12 @@ class SQLiteBackend(ResultBackend):
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        conn, executor, fast = self._conn, self._executor, self._fast
-        self._conn = self._executor = self._fast = None
+        conn, fast = self._conn, self._fast
+        self._conn = self._fast = None
         if fast is not None:
             fast.close()
-        if conn is not None and executor is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
-            executor.shutdown(wait=False)
+        if conn is not None:
+            await conn.close()
 
     async def _get(self, key: str) -> bytes | None:
         return await self._run(_select, key)
@@ -307,19 +312,15 @@ class SQLiteBackend(ResultBackend):
         which waits and retries there (``celeriac.sqlite.busy.retrying``)
         instead of blocking the loop.
         """
-        conn, executor, fast = self._conn, self._executor, self._fast
-        if conn is None or executor is None or fast is None:
+        conn, fast = self._conn, self._fast
+        if conn is None or fast is None:
             raise BackendError(f"result store {self.url} is not connected; call connect() first")
         try:
-            try:
-                return fn(fast, *args)
-            except sqlite3.OperationalError as exc:
-                if not is_busy(exc):
-                    raise
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(executor, retrying, fn, conn, *args)
+            return fn(fast, *args)
         except sqlite3.Error as exc:
-            raise BackendError(f"result store {self.url} failed: {exc}") from exc
+            if not is_busy(exc):
+                raise BackendError(f"result store {self.url} failed: {exc}") from exc
+        return await conn.submit(lambda db: fn(db, *args))
 
 
 # Everything below runs on the connection's own thread.
@@ -349,6 +350,10 @@ def _open(path: Path, url: str) -> sqlite3.Connection:
         conn.close()
         raise BackendError(f"cannot set up result store {url}: {exc}") from exc
     return conn
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """A call that only makes the connection open."""
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
