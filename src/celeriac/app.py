@@ -1,8 +1,8 @@
 """``Celeriac``: settings, the task registry, and the broker/result store by URL.
 
 Connections are per event loop: each loop that sends or reads results gets
-its own broker and result-store instances, connected on first use (sync
-calls use their thread's private loop; see ``_sync``).
+its own broker and result-store instances (``connections``), connected on
+first use (sync calls use their thread's private loop; see ``_sync``).
 
 The top of the core: the layers below (``task``, ``canvas``, ``result``,
 ``sending``) are handed the app and never import this module; what they need
@@ -17,8 +17,7 @@ import os
 import sys
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from ._sync import at_exit, run_on_every_loop, run_sync
 from .backends import backend_class, backend_from_url
@@ -26,6 +25,7 @@ from .backends.base import BackendOptions, ResultBackend
 from .brokers import broker_from_url
 from .brokers.base import Broker, BrokerOptions
 from .canvas import Signature, register_builtins
+from .connections import LoopConnections
 from .errors import ConfigurationError, NotRegistered
 from .protocol import Outgoing
 from .request import current_app, current_app_if_any, set_current_app, set_default_app
@@ -59,42 +59,6 @@ class _BoundTaskDecorator(Protocol):
     def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
 
 
-class _Client(Protocol):
-    async def connect(self) -> None: ...
-    async def close(self) -> None: ...
-
-
-C = TypeVar("C", bound=_Client)
-
-
-class _OnFirstUse(Generic[C]):
-    """A broker or result store of one event loop, connected on first use."""
-
-    def __init__(self, client: C):
-        self.client = client
-        self._lock = asyncio.Lock()
-        self._ready = False
-
-    async def get(self) -> C:
-        if not self._ready:
-            async with self._lock:
-                if not self._ready:
-                    await self.client.connect()
-                    self._ready = True
-        return self.client
-
-    async def close(self) -> None:
-        if self._ready:
-            self._ready = False
-            await self.client.close()
-
-
-@dataclass(slots=True)
-class _LoopConnections:
-    broker: _OnFirstUse[Broker]
-    backend: _OnFirstUse[ResultBackend]
-
-
 class Celeriac:
     """A task queue application (Celery's ``Celery`` class; ``Celery`` is an alias)."""
 
@@ -122,9 +86,9 @@ class Celeriac:
             settings["include"] = list(include)
         self.conf.update(settings)
         self.tasks: dict[str, Task[Any, Any]] = {}
-        self._connections: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, _LoopConnections
-        ] = weakref.WeakKeyDictionary()
+        self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopConnections] = (
+            weakref.WeakKeyDictionary()
+        )
         self._codec: Codec | None = None
         self._reply_queue: tuple[tuple[str | None, str | None, int], str | None] | None = None
         """((broker URL, result_backend, pid), reply queue): see ``reply_queue``."""
@@ -285,31 +249,33 @@ class Celeriac:
             importlib.import_module(module)
 
     # -- connections -------------------------------------------------------------
-    def _loop_connections(self) -> _LoopConnections:
+    def connections(self) -> LoopConnections:
+        """The running loop's broker and result store (made on first use, each
+        connected when first asked for)."""
         loop = asyncio.get_running_loop()
         conns = self._connections.get(loop)
         if conns is None:
-            conns = _LoopConnections(
-                _OnFirstUse(broker_from_url(self.broker_url, self.broker_options())),
-                _OnFirstUse(backend_from_url(self.result_backend_url, self.backend_options())),
+            conns = LoopConnections(
+                broker_from_url(self.broker_url, self.broker_options()),
+                backend_from_url(self.result_backend_url, self.backend_options()),
+                self.reply_queue,
             )
             self._connections[loop] = conns
         return conns
 
     async def abroker(self) -> Broker:
-        """This loop's broker, connected."""
-        return await self._loop_connections().broker.get()
+        """This loop's broker, connected (``connections().abroker()``)."""
+        return await self.connections().abroker()
 
     async def abackend(self) -> ResultBackend:
-        """This loop's result store, connected."""
-        return await self._loop_connections().backend.get()
+        """This loop's result store, connected (``connections().abackend()``)."""
+        return await self.connections().abackend()
 
     async def aclose(self) -> None:
         """Close this loop's connections."""
         conns = self._connections.pop(asyncio.get_running_loop(), None)
         if conns is not None:
-            await conns.broker.close()
-            await conns.backend.close()
+            await conns.close()
 
     def close(self) -> None:
         """Close the connections that sync calls opened, on every loop."""

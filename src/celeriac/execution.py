@@ -13,7 +13,6 @@ import time
 import traceback as tb
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import states
@@ -45,42 +44,16 @@ class Outcome:
     ``celeriac.shared_storage``): set by the worker's ``Results``."""
 
 
-class _Call:
-    """Sets the request for ``self.request``, times the call, and turns what
-    the function raised into an :class:`Outcome` (SystemExit and
-    KeyboardInterrupt still propagate)."""
-
-    __slots__ = ("outcome", "started", "token")
-
-    def __init__(self, request: Request):
-        self.token = current_request.set(request)
-        self.started = time.perf_counter()
-        self.outcome = Outcome(states.FAILURE)
-
-    def succeeded(self, value: Any) -> None:
-        self.outcome = Outcome(states.SUCCESS, value, runtime=time.perf_counter() - self.started)
-
-    def __enter__(self) -> _Call:
-        return self
-
-    def __exit__(
-        self, _type: object, exc: BaseException | None, trace: TracebackType | None
-    ) -> bool:
-        current_request.reset(self.token)
-        if exc is None or isinstance(exc, KeyboardInterrupt | SystemExit):
-            return False
-        self.outcome = _classify(exc, trace, time.perf_counter() - self.started)
-        return True
-
-
-def _classify(exc: BaseException, trace: TracebackType | None, runtime: float) -> Outcome:
+def _classify(exc: BaseException, runtime: float) -> Outcome:
+    """What a task function raised, as an outcome: control flow (Retry, Reject,
+    Ignore) or a FAILURE with its traceback."""
     if isinstance(exc, Retry):
         return Outcome(states.RETRY, exc=exc, runtime=runtime, retry_countdown=_when(exc.when))
     if isinstance(exc, Reject):
         return Outcome(states.REJECTED, exc=exc, runtime=runtime, requeue=exc.requeue)
     if isinstance(exc, Ignore):
         return Outcome(states.IGNORED, runtime=runtime)
-    text = "".join(tb.format_exception(type(exc), exc, trace))
+    text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
     return Outcome(states.FAILURE, exc=exc, traceback=text, runtime=runtime)
 
 
@@ -93,17 +66,36 @@ def _when(when: Any) -> float | None:
 
 
 def call_sync(task: Task[Any, Any], request: Request) -> Outcome:
-    """Run a sync task function in this thread."""
-    with _Call(request) as call:
-        call.succeeded(task.run(*request.args, **request.kwargs))
-    return call.outcome
+    """Run a sync task function in this thread, with ``request`` as ``self.request``.
+
+    What it raises becomes the outcome (see :func:`_classify`); SystemExit and
+    KeyboardInterrupt still propagate.
+    """
+    token, started = current_request.set(request), time.perf_counter()
+    try:
+        value = task.run(*request.args, **request.kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        return _classify(exc, time.perf_counter() - started)
+    finally:
+        current_request.reset(token)
+    return Outcome(states.SUCCESS, value, runtime=time.perf_counter() - started)
 
 
 async def call_async(task: Task[Any, Any], request: Request) -> Outcome:
-    """Run an ``async def`` task on the running loop (its own context)."""
-    with _Call(request) as call:
-        call.succeeded(await task.run(*request.args, **request.kwargs))
-    return call.outcome
+    """Run an ``async def`` task on the running loop (its own context), as
+    :func:`call_sync` runs a sync one."""
+    token, started = current_request.set(request), time.perf_counter()
+    try:
+        value = await task.run(*request.args, **request.kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        return _classify(exc, time.perf_counter() - started)
+    finally:
+        current_request.reset(token)
+    return Outcome(states.SUCCESS, value, runtime=time.perf_counter() - started)
 
 
 def autoretry_countdown(task: Task[Any, Any], exc: BaseException, retries: int) -> float | None:

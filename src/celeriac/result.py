@@ -58,7 +58,7 @@ class AsyncResult(Generic[R]):
     async def ameta(self) -> ResultMeta | None:
         if self._cache is not None:
             return self._cache
-        backend = await self.app.abackend()
+        backend = await self.app.connections().abackend()
         meta = await backend.get(self.id)
         if meta is not None and meta.ready:
             self._cache = meta
@@ -70,14 +70,14 @@ class AsyncResult(Generic[R]):
         """Wait for the outcome; return the value or raise the task's exception."""
         meta = self._cache
         if meta is None:
-            backend = await self.app.abackend()
+            backend = await self.app.connections().abackend()
             meta = await backend.wait(self.id, timeout, interval)
             self._cache = meta
         return self._outcome(meta, propagate)
 
     async def aforget(self) -> None:
         self._cache = None
-        backend = await self.app.abackend()
+        backend = await self.app.connections().abackend()
         await backend.forget(self.id)
 
     async def astate(self) -> str:
@@ -261,7 +261,7 @@ class GroupResult:
         unknown = [r.id for r in self.results if r._cache is None]
         stored: dict[str, ResultMeta | None] = {}
         if unknown:
-            backend = await self.app.abackend()
+            backend = await self.app.connections().abackend()
             stored = dict(zip(unknown, await backend.get_many(unknown), strict=True))
         metas = [r._cache if r._cache is not None else stored[r.id] for r in self.results]
         return [states.PENDING if m is None else m.status for m in metas]
@@ -285,7 +285,7 @@ class GroupResult:
         return sum(s == states.SUCCESS for s in self._states())
 
     async def asave_members(self) -> None:
-        backend = await self.app.abackend()
+        backend = await self.app.connections().abackend()
         await backend.save_group(self.id, [r.id for r in self.results])
 
     def save(self) -> GroupResult:
@@ -297,7 +297,7 @@ class GroupResult:
     async def arestore(cls, group_id: str, app: Celeriac | None = None) -> GroupResult | None:
         if app is None:
             app = current_app()
-        backend = await app.abackend()
+        backend = await app.connections().abackend()
         ids = await backend.restore_group(group_id)
         return None if ids is None else cls(group_id, [AsyncResult(i, app) for i in ids], app)
 
@@ -307,7 +307,7 @@ class GroupResult:
 
     def forget(self) -> None:
         async def go() -> None:
-            backend = await self.app.abackend()
+            backend = await self.app.connections().abackend()
             await backend.forget_group(self.id)
             for result in self.results:
                 await backend.forget(result.id)

@@ -43,13 +43,11 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from .backends.base import ResultBackend
-from .brokers.base import Broker
+from .connections import LoopConnections
 from .errors import ConfigurationError, MessageTooLarge
 from .protocol import Message, Outgoing, TaskBody, nodename
-from .serialization import Codec
+from .serialization import Serializer, resolve_name
 from .settings import Settings
-from .shared_storage import same_storage
 
 __all__ = [
     "App",
@@ -144,11 +142,8 @@ class App(Protocol):
     @property
     def conf(self) -> Settings: ...
     @property
-    def codec(self) -> Codec: ...
-    @property
     def reply_queue(self) -> str | None: ...
-    async def abroker(self) -> Broker: ...
-    async def abackend(self) -> ResultBackend: ...
+    def connections(self) -> LoopConnections: ...
 
 
 class TaskOptions(Protocol):
@@ -172,9 +167,7 @@ class TaskOptions(Protocol):
     def redact_kwargs(self) -> tuple[str, ...]: ...
 
 
-def _timestamp(value: float | datetime | str | None, now: float) -> float | None:
-    if value is None:
-        return None
+def _timestamp(value: float | datetime | str, now: float) -> float:
     if isinstance(value, numbers.Real):
         return now + float(value)
     if isinstance(value, timedelta):
@@ -188,8 +181,8 @@ def _timestamp(value: float | datetime | str | None, now: float) -> float | None
     raise TypeError(f"expected seconds, a datetime or an ISO 8601 string, not {value!r}")
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def route_queue(conf: Settings, task_name: str, explicit: str | None) -> str:
@@ -229,15 +222,14 @@ def check_message_size(limit: int | None, task_name: str, body: bytes) -> None:
 
 def message_serializer(
     conf: Settings, task: TaskOptions | None, explicit: str | None = None
-) -> str:
+) -> Serializer:
     """The serializer of a task's message: the call's, else the task's, else ``task_serializer``."""
-    return explicit or (task.serializer if task is not None else None) or conf.task_serializer
+    task_serializer = task.serializer if task is not None else None
+    return resolve_name(explicit or task_serializer or conf.task_serializer)
 
 
 def _wire_signatures(value: Any) -> list[dict[str, Any]] | None:
     """``link=`` may be one signature or a list of them; the wire wants a list of dicts."""
-    if value is None:
-        return None
     items = value if isinstance(value, list | tuple) else [value]
     out = []
     for item in items:
@@ -272,8 +264,8 @@ def _headers(
         "task": task_name,
         "id": task_id,
         "shadow": opts.shadow,
-        "eta": _iso(eta_ts),
-        "expires": _iso(expires_ts),
+        "eta": None if eta_ts is None else _iso(eta_ts),
+        "expires": None if expires_ts is None else _iso(expires_ts),
         "group": opts.group_id,
         "group_index": opts.group_index,
         "retries": opts.retries,
@@ -318,21 +310,21 @@ def build_outgoing(
     conf = app.conf
     now = time.time()
     task_id = opts.task_id or str(uuid.uuid4())
-    eta_ts = _timestamp(opts.countdown, now) if opts.countdown else _timestamp(opts.eta, now)
+    when = opts.countdown or opts.eta
+    eta_ts = None if when is None else _timestamp(when, now)
     expires = opts.expires if opts.expires is not None or task is None else task.expires
-    headers = _headers(
-        task_name, task_id, args, kwargs, opts, task, conf, (eta_ts, _timestamp(expires, now))
-    )
+    expires_ts = None if expires is None else _timestamp(expires, now)
+    headers = _headers(task_name, task_id, args, kwargs, opts, task, conf, (eta_ts, expires_ts))
     body = TaskBody(
         tuple(args),
         dict(kwargs),
-        _wire_signatures(opts.link),
-        _wire_signatures(opts.link_error),
+        None if opts.link is None else _wire_signatures(opts.link),
+        None if opts.link_error is None else _wire_signatures(opts.link_error),
         opts.chain,
         opts.chord,
     )
     serializer = message_serializer(conf, task, opts.serializer)
-    payload, content_type, encoding = app.codec.dumps(body.to_payload(), serializer)
+    payload = serializer.encode(body.to_payload())
     check_message_size(conf.task_message_max_size, task_name, payload)
     priority = opts.priority if opts.priority is not None or task is None else task.priority
     if priority is None:
@@ -344,7 +336,9 @@ def build_outgoing(
         "delivery_mode": 2,
         "priority": priority,
     }
-    message = Message(headers, payload, content_type, encoding, properties)
+    message = Message(
+        headers, payload, serializer.content_type, serializer.content_encoding, properties
+    )
     return Outgoing(queue, message, priority, eta_ts if eta_ts and eta_ts > now else None)
 
 
@@ -357,15 +351,16 @@ async def publish(app: App, batch: Sequence[Outgoing]) -> None:
     set-if-absent, so it may land after a fast worker's result without
     hiding it.
     """
-    broker = await app.abroker()
+    conns = app.connections()
+    broker = await conns.abroker()
     pending = _pending(app.conf, batch) if app.conf.result_store_pending else []
     if not pending:
-        if app.reply_queue is not None:
-            await app.abackend()  # the reply queue exists before any reply is sent
+        if conns.reply_queue is not None:
+            await conns.abackend()  # the reply queue exists before any reply is sent
         await broker.publish(batch)
         return
-    backend = await app.abackend()
-    if same_storage(broker.storage, backend.storage):
+    backend = await conns.abackend()
+    if conns.shared:
         await broker.publish(batch, writes=backend.pending_writes(pending))
         return
     # The marker first: a store that answers at once (SQLite on the loop)

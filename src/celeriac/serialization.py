@@ -183,6 +183,13 @@ class Serializer:
     dumps: Callable[[Any], bytes]
     loads: Callable[[bytes | str], Any]
 
+    def encode(self, obj: Any) -> bytes:
+        """``dumps``, raising :class:`SerializationError` for what it cannot encode."""
+        try:
+            return self.dumps(obj)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(f"cannot serialize with {self.name}: {exc}") from exc
+
 
 SERIALIZERS: dict[str, Serializer] = {
     s.name: s
@@ -222,12 +229,10 @@ class Codec:
         return self._accepted
 
     def dumps(self, obj: Any, serializer: str) -> tuple[bytes, str, str]:
-        """Return ``(payload, content_type, content_encoding)``."""
+        """Return ``(payload, content_type, content_encoding)``, with the serializer named
+        (or the one of a content type); see :meth:`Serializer.encode` for one at hand."""
         s = resolve_name(serializer)
-        try:
-            return s.dumps(obj), s.content_type, s.content_encoding
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise SerializationError(f"cannot serialize with {s.name}: {exc}") from exc
+        return s.encode(obj), s.content_type, s.content_encoding
 
     def loads(self, data: bytes | str, content_type: str) -> Any:
         s = _BY_CONTENT_TYPE.get(content_type)

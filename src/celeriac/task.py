@@ -182,7 +182,7 @@ class Task(Generic[P, R]):
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         if self.typing:
             self.check_arguments(args, kwargs)
-        opts = SendOptions.from_kwargs(options)
+        opts = SendOptions.from_kwargs(options) if options else SendOptions()
         self._inherit_from_current(opts)
         return build_outgoing(self.app, self.name, args, kwargs, opts, self)
 

@@ -126,7 +126,8 @@ class ResultBackend(ABC):
         self.url = url
         self.options = options or BackendOptions()
         self._codec = Codec(self.options.accept_content)
-        self._content_type = resolve_name(self.options.serializer).content_type
+        self._serializer = resolve_name(self.options.serializer)
+        self._content_type = self._serializer.content_type
 
     @staticmethod
     def key_for(task_id: str) -> str:
@@ -205,13 +206,12 @@ class ResultBackend(ABC):
         ]
 
     def _encode(self, meta: ResultMeta) -> bytes:
-        data, _, _ = self._codec.dumps(meta.to_dict(), self.options.serializer)
-        return data
+        return self._serializer.encode(meta.to_dict())
 
     async def save_group(self, group_id: str, task_ids: Sequence[str]) -> None:
         """Remember a group's member ids, in order, as Celery's ``GroupResult.save()`` does."""
         layout = {"result": [[group_id, None], [[[i, None], None] for i in task_ids]]}
-        data, _, _ = self._codec.dumps(layout, self.options.serializer)
+        data = self._serializer.encode(layout)
         await self._set(GROUP_KEY_PREFIX + group_id, data, self.options.expires)
 
     async def restore_group(self, group_id: str) -> list[str] | None:

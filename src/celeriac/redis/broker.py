@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.resources
 import os
 import secrets
@@ -196,6 +197,8 @@ class RedisConsumer(Consumer):
         keys = broker._keys
         self._keys = [k for q in self.queues for k in keys.queue(q)]
         self._streams = [k for q in self.queues for k in keys.queue(q)[2:]]
+        """Every stream key, by queue then priority: queue ``q``'s priority ``p`` is at
+        ``q * len(PRIORITIES) + p``."""
         self._key_index = {k: i + 1 for i, k in enumerate(self._keys)}
         """Stream key -> its 1-based position in the fetch script's KEYS."""
         self._consumer_keys = [keys.consumers(q) for q in self.queues]
@@ -264,7 +267,7 @@ class RedisConsumer(Consumer):
         deliveries = []
         for q, p, entry_id, count, head, body in rows:
             queue = self.queues[q]
-            tag: Tag = (self._broker._keys.stream(queue, p), entry_id, p, head, body)
+            tag: Tag = (self._streams[q * len(PRIORITIES) + p], entry_id, p, head, body)
             try:
                 message = _message(head, body)
             except MessageError as exc:
@@ -333,6 +336,10 @@ class RedisBroker(Broker):
         self._script = self._client.register_script(SCRIPT)
         configured = str(self.options.transport_options.get("global_keyprefix") or "")
         self._keys = _Keys(prefix or configured)
+        self._errors = functools.partial(
+            driver_errors, "Redis broker", url, BrokerUnavailable, BrokerError
+        )
+        """redis-py's exceptions as celeriac's, naming the URL (password hidden)."""
 
     def consumer(self, queues: Sequence[str], name: str) -> RedisConsumer:
         return RedisConsumer(self, queues, name)
@@ -444,10 +451,6 @@ class RedisBroker(Broker):
         """Run one command of ``broker.lua``."""
         with self._errors():
             return await self._script(keys=list(keys), args=list(args))
-
-    def _errors(self) -> contextlib.AbstractContextManager[None]:
-        """redis-py's exceptions as celeriac's, naming the URL (password hidden)."""
-        return driver_errors("Redis broker", self.url, BrokerUnavailable, BrokerError)
 
 
 def _dead_letter(entry_id: str, fields: dict[bytes, bytes]) -> DeadLetter:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -212,6 +213,10 @@ class RedisBackend(ResultBackend):
         self._subscriptions = _Subscriptions(self)
         self._members: list[tuple[str, str, int | None, asyncio.Future[int]]] = []
         self._members_task: asyncio.Task[None] | None = None
+        self._errors = functools.partial(
+            driver_errors, "Redis result store", url, BackendError, BackendError
+        )
+        """redis-py's exceptions as BackendError, naming the URL (password hidden)."""
 
     async def connect(self) -> None:
         with self._errors():
@@ -327,10 +332,6 @@ class RedisBackend(ResultBackend):
         finally:
             self._subscriptions.leave(channel, waiter)
         return None
-
-    def _errors(self) -> contextlib.AbstractContextManager[None]:
-        """redis-py's exceptions as BackendError, naming the URL (password hidden)."""
-        return driver_errors("Redis result store", self.url, BackendError, BackendError)
 
 
 def _set(name: str, value: bytes, expires: float | None, *flags: str) -> StorageWrite:

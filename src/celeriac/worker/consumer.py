@@ -115,7 +115,8 @@ class TaskConsumer:
     async def run(self) -> str:
         """Consume until stopped; return why it stopped."""
         self._loop = asyncio.get_running_loop()
-        broker = await self.app.abroker()
+        self.ctx.connections = self.app.connections()
+        broker = await self.ctx.connections.abroker()
         name = f"{self.ctx.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         consumer = broker.consumer(self.queues, name)
         consumer.on_dead_letter = self._dead_lettered
@@ -176,38 +177,53 @@ class TaskConsumer:
         self._executor.shutdown(wait=False)
 
     async def _handle(self, consumer: Consumer, delivery: Delivery) -> None:
+        """One delivery: decode, the before hooks, run, the after hooks, settle."""
         try:
             job = decode_job(self.app, self.ctx.codec, delivery, self.ctx.hostname)
         except Undeliverable as exc:
-            self.stats.dead_lettered += 1
-            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-            await consumer.dead_letter(delivery, str(exc), cause)
+            await self._undeliverable(consumer, delivery, exc)
             return
         try:
             outcome = await self._start(consumer, job)
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception(
-                "worker error before running %s[%s]; it will be delivered again", job.name, job.id
-            )
-            with contextlib.suppress(Exception):
-                await consumer.requeue(delivery, delay=1.0)
+            await self._failed_before(consumer, job)
             return
         if outcome is None:
             return
         try:
-            await self._finish(consumer, job, outcome)
+            for mw in self._after:
+                outcome = await mw.after_task(self.ctx, job, outcome)
+            await self._settle(consumer, job, outcome)
         except asyncio.CancelledError:
             raise
         except Exception:
-            # The task ran: handing it back would run it again.
-            logger.exception(
-                "worker error after %s[%s] ran; acknowledged, not run again", job.name, job.id
-            )
-            if job.task.acks_late:
-                with contextlib.suppress(Exception):
-                    await consumer.ack(job.delivery)
+            await self._failed_after(consumer, job)
+
+    async def _undeliverable(
+        self, consumer: Consumer, delivery: Delivery, exc: Undeliverable
+    ) -> None:
+        self.stats.dead_lettered += 1
+        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        await consumer.dead_letter(delivery, str(exc), cause)
+
+    async def _failed_before(self, consumer: Consumer, job: Job) -> None:
+        """The worker failed before the task ran: it is delivered again."""
+        logger.exception(
+            "worker error before running %s[%s]; it will be delivered again", job.name, job.id
+        )
+        with contextlib.suppress(Exception):
+            await consumer.requeue(job.delivery, delay=1.0)
+
+    async def _failed_after(self, consumer: Consumer, job: Job) -> None:
+        """The worker failed after the task ran: handing it back would run it again."""
+        logger.exception(
+            "worker error after %s[%s] ran; acknowledged, not run again", job.name, job.id
+        )
+        if job.task.acks_late:
+            with contextlib.suppress(Exception):
+                await consumer.ack(job.delivery)
 
     async def _dead_lettered(
         self, delivery: Delivery, reason: str, cause: BaseException | None
@@ -263,11 +279,6 @@ class TaskConsumer:
             self._slots.release()
             return False
         return True
-
-    async def _finish(self, consumer: Consumer, job: Job, outcome: Outcome) -> None:
-        for mw in self._after:
-            outcome = await mw.after_task(self.ctx, job, outcome)
-        await self._settle(consumer, job, outcome)
 
     async def _run(self, consumer: Consumer, job: Job) -> Outcome:
         if not job.task.acks_late:  # at most once: acknowledged before it runs

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..connections import LoopConnections
 from ..serialization import Codec
 
 if TYPE_CHECKING:
@@ -20,3 +21,5 @@ class WorkerContext:
     """Task slots in this process."""
     processes: int
     """Processes of the whole worker (rate limits are shared out among them)."""
+    connections: LoopConnections = field(init=False)
+    """The worker loop's broker and result store, set when the consume loop starts."""

@@ -53,18 +53,25 @@ class Executor:
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="celeriac-task")
 
     async def run(self, job: Job, on_deadline: Callable[[float], None] | None = None) -> Outcome:
-        """Run the job; ``on_deadline(t)`` is told the wall-clock hard deadline first."""
-        if job.hard_limit is not None and on_deadline is not None:
-            on_deadline(time.time() + job.hard_limit)
-        try:
-            if job.task.is_async:
-                return await self._run_async(job)
-            return await self._run_sync(job)
-        finally:
-            if job.hard_limit is not None and on_deadline is not None:
-                on_deadline(0.0)
+        """Run the job; ``on_deadline(t)`` is told the wall-clock hard deadline first.
 
-    async def _run_sync(self, job: Job) -> Outcome:
+        A sync task without time limits just runs in a pool thread: nothing
+        watches it, so it needs no record of its thread.
+        """
+        if not job.task.is_async and job.soft_limit is None and job.hard_limit is None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, call_sync, job.task, job.request)
+        runner = self._run_async if job.task.is_async else self._run_limited
+        if job.hard_limit is None or on_deadline is None:
+            return await runner(job)
+        on_deadline(time.time() + job.hard_limit)
+        try:
+            return await runner(job)
+        finally:
+            on_deadline(0.0)
+
+    async def _run_limited(self, job: Job) -> Outcome:
+        """A sync task with a time limit, in a pool thread the limits can interrupt."""
         loop = asyncio.get_running_loop()
         state = _Running()
 

@@ -39,6 +39,10 @@ class Job:
     task: Task[Any, Any]
     request: Request
     body: TaskBody
+    id: str
+    """The task's id (``request.id``)."""
+    name: str
+    """The task's name (``request.task``)."""
     soft_limit: float | None = None
     hard_limit: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
@@ -47,14 +51,6 @@ class Job:
     @property
     def message(self) -> Message:
         return self.delivery.message
-
-    @property
-    def id(self) -> str:
-        return self.delivery.message.id
-
-    @property
-    def name(self) -> str:
-        return self.task.name
 
 
 def decode_job(app: Celeriac, codec: Codec, delivery: Delivery, hostname: str) -> Job:
@@ -76,8 +72,9 @@ def decode_job(app: Celeriac, codec: Codec, delivery: Delivery, hostname: str) -
     timelimit = headers.get("timelimit") or (None, None)
     hard = _seconds(timelimit[0]) or task.time_limit
     soft = _seconds(timelimit[1]) or task.soft_time_limit
+    task_id = str(headers["id"])
     request = Request(
-        id=str(headers["id"]),
+        id=task_id,
         task=name,
         args=body.args,
         kwargs=body.kwargs,
@@ -107,7 +104,7 @@ def decode_job(app: Celeriac, codec: Codec, delivery: Delivery, hostname: str) -
         ignore_result=bool(headers.get("ignore_result")) or task.ignore_result,
         delivery_count=delivery.delivery_count,
     )
-    return Job(delivery, task, request, body, soft_limit=soft, hard_limit=hard)
+    return Job(delivery, task, request, body, task_id, name, soft_limit=soft, hard_limit=hard)
 
 
 def _seconds(value: Any) -> float | None:

@@ -34,7 +34,8 @@ class Callbacks(Middleware):
             calls = [self._next(ctx, job, s, (job.id,)) for s in request.errbacks or ()]
         else:
             return outcome
-        await send_all(ctx, calls)
+        if calls:
+            await send_all(ctx, calls)
         return outcome
 
     def _next(

@@ -39,7 +39,7 @@ class Chords(Middleware):
     async def _done(
         self, ctx: WorkerContext, job: Job, body: Signature[Any], group_id: str
     ) -> None:
-        backend = await ctx.app.abackend()
+        backend = await ctx.connections.abackend()
         done = await backend.mark_done(group_id, job.id)
         size = body.get("chord_size")
         ids: list[str] | None = None
@@ -72,14 +72,14 @@ class Chords(Middleware):
     async def _failed(
         self, ctx: WorkerContext, job: Job, body: Signature[Any], group_id: str, outcome: Outcome
     ) -> None:
-        backend = await ctx.app.abackend()
+        backend = await ctx.connections.abackend()
         if not await backend.claim(f"chord-{group_id}"):
             return
         error = ChordError(f"Dependency {job.id} raised {outcome.exc!r}")
         await self._fail_body(ctx, body, error)
 
     async def _fail_body(self, ctx: WorkerContext, body: Signature[Any], error: ChordError) -> None:
-        backend = await ctx.app.abackend()
+        backend = await ctx.connections.abackend()
         if body.id is not None:
             meta = ResultMeta(
                 body.id, states.FAILURE, encode_exception(error), date_done=utcnow_iso()

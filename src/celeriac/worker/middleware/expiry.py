@@ -15,6 +15,8 @@ from .base import Defer, Middleware, Skip
 
 class Expiry(Middleware):
     async def before_task(self, ctx: WorkerContext, job: Job) -> Skip | Defer | None:
+        if job.request.expires is None:
+            return None
         expires = parse_timestamp(job.request.expires)
         if expires is not None and time.time() > expires:
             exc = TaskRevokedError(f"task {job.id} expired at {job.request.expires}")

@@ -12,7 +12,6 @@ from ...brokers.base import Delivery
 from ...errors import DeadLettered, SerializationError
 from ...exception_codec import encode_exception
 from ...execution import Outcome
-from ...shared_storage import same_storage
 from ..context import WorkerContext
 from ..job import Job
 from .base import Middleware
@@ -33,13 +32,9 @@ class Results(Middleware):
     waiting in ``get()`` learns it will never run.
     """
 
-    def __init__(self) -> None:
-        self._shared: bool | None = None
-        """Whether the broker makes the store's writes (decided on the first task)."""
-
     async def task_started(self, ctx: WorkerContext, job: Job) -> None:
         if job.task.track_started and not job.request.ignore_result:
-            backend = await ctx.app.abackend()
+            backend = await ctx.connections.abackend()
             meta = ResultMeta(
                 job.id, states.STARTED, {"pid": os.getpid(), "hostname": ctx.hostname}
             )
@@ -50,10 +45,8 @@ class Results(Middleware):
             return outcome
         if outcome.state == states.REJECTED and not outcome.requeue:
             return outcome  # dead-lettered next: stored by `dead_lettered`
-        backend = await ctx.app.abackend()
-        if self._shared is None:
-            self._shared = same_storage((await ctx.app.abroker()).storage, backend.storage)
-        with_ack = self._shared and job.task.acks_late and not _goes_on(job)
+        backend = await ctx.connections.abackend()
+        with_ack = ctx.connections.shared and job.task.acks_late and not _goes_on(job)
         try:
             return await self._store(ctx, backend, job, outcome, with_ack)
         except SerializationError as exc:
@@ -69,7 +62,7 @@ class Results(Middleware):
         error = cause if isinstance(cause, Exception) else DeadLettered(reason)
         meta = ResultMeta(task_id, states.REJECTED, encode_exception(error), date_done=utcnow_iso())
         try:
-            backend = await ctx.app.abackend()
+            backend = await ctx.connections.abackend()
             reply_to = delivery.message.properties.get("reply_to") or None
             await backend.store(meta, reply_to=reply_to, fence=fence(delivery))
         except Exception as exc:

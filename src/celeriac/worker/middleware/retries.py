@@ -69,7 +69,7 @@ class Retries(Middleware):
         new = Message(
             headers, body_bytes, message.content_type, message.content_encoding, message.properties
         )
-        broker = await ctx.app.abroker()
+        broker = await ctx.connections.abroker()
         await broker.publish(
             [Outgoing(queue, new, priority, not_before if countdown > 0 else None)]
         )
