@@ -141,9 +141,38 @@ def test_an_error_after_the_task_ran_does_not_run_it_again(
     try:
         with worker_thread(app):
             chain(big.s(1), length.s(), app=app).delay()
-            wait_for(lambda: "acknowledged, not run again" in caplog.text, 10)
+            wait_for(lambda: "could not send what follows" in caplog.text, 10)
             wait_for(lambda: run_sync(reserved) == 0, 10)
         assert ran == [1]
+    finally:
+        app.close()
+
+
+def test_a_chain_whose_next_step_cannot_be_sent_fails_its_later_steps() -> None:
+    """The caller waiting on a chain hears why it stopped instead of waiting for ever."""
+    from celeriac import chain
+    from celeriac.errors import MessageTooLarge
+    from celeriac.testing import memory_app, worker_thread
+
+    app = memory_app(task_message_max_size=1000)
+
+    @app.task
+    def big(n: int) -> str:
+        return "x" * 2000
+
+    @app.task
+    def length(text: str) -> int:
+        return len(text)
+
+    try:
+        with worker_thread(app):
+            result = chain(big.s(1), length.s(), length.s(), app=app).delay()
+            with pytest.raises(MessageTooLarge):
+                result.get(timeout=10)
+            middle, first = result.parent, result.parent.parent if result.parent else None
+            assert isinstance(middle, AsyncResult) and isinstance(first, AsyncResult)
+            assert middle.state == states.FAILURE
+            assert first.get(timeout=10) == "x" * 2000
     finally:
         app.close()
 

@@ -5,20 +5,29 @@ On success: each ``link`` callback gets the result as its first argument
 body) is sent with the rest of the chain. On failure: each ``link_error``
 errback is sent with the failed task's id as its argument. Plain calls go
 out in one batch; a next step that is a group or chord is sent as one.
+When what follows cannot be sent (over ``task_message_max_size``), each step
+of it with an id is stored as FAILURE, so a caller waiting on the chain hears
+why it stopped.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ... import states
+from ...backends.base import ResultMeta, utcnow_iso
 from ...canvas import Signature
+from ...errors import MessageTooLarge
+from ...exception_codec import encode_exception
 from ...execution import Outcome
 from ...protocol import Outgoing
 from ...sending import publish
 from ..context import WorkerContext
 from ..job import Job
 from .base import Middleware
+
+logger = logging.getLogger("celeriac.worker")
 
 
 class Callbacks(Middleware):
@@ -35,7 +44,10 @@ class Callbacks(Middleware):
         else:
             return outcome
         if calls:
-            await send_all(ctx, calls)
+            try:
+                await send_all(ctx, calls)
+            except MessageTooLarge as exc:
+                await _never_run(ctx, job, calls, exc)
         return outcome
 
     def _next(
@@ -50,6 +62,23 @@ class Callbacks(Middleware):
         sig = Signature.from_dict(data, ctx.app)
         root = job.request.root_id or job.id
         return sig.clone(args, parent_id=job.id, root_id=root, chain=chain)
+
+
+async def _never_run(
+    ctx: WorkerContext, job: Job, calls: list[Signature[Any]], error: MessageTooLarge
+) -> None:
+    """What follows ``job`` cannot be sent: each step of it that has an id (and so
+    may have a caller waiting) is stored as FAILURE with ``error``."""
+    logger.error("%s[%s] could not send what follows: %s", job.name, job.id, error)
+    ids = [c["options"].get("task_id") for c in calls]
+    ids += [step.get("options", {}).get("task_id") for step in job.request.chain or ()]
+    backend = await ctx.connections.abackend()
+    for task_id in ids:
+        if isinstance(task_id, str):
+            meta = ResultMeta(
+                task_id, states.FAILURE, encode_exception(error), date_done=utcnow_iso()
+            )
+            await backend.store(meta)
 
 
 async def send_all(ctx: WorkerContext, calls: list[Signature[Any]]) -> None:
