@@ -20,7 +20,6 @@ from ._sync import run_sync
 from .backends.base import ResultMeta, utcnow_iso
 from .canvas import Signature, chain, chunks, xmap, xstarmap
 from .errors import Ignore, MaxRetriesExceededError, Retry
-from .exception_codec import encode_exception
 from .execution import Outcome, autoretry_countdown, call_async, call_sync
 from .protocol import Outgoing
 from .request import Request, current_request
@@ -239,13 +238,7 @@ class Task(Generic[P, R]):
         if outcome.state == states.FAILURE and outcome.exc is not None:
             if self.app.conf.task_eager_propagates or options.get("throw"):
                 raise outcome.exc
-            meta = ResultMeta(
-                task_id,
-                states.FAILURE,
-                encode_exception(outcome.exc),
-                outcome.traceback,
-                date_done=utcnow_iso(),
-            )
+            meta = ResultMeta.of_error(task_id, states.FAILURE, outcome.exc, outcome.traceback)
         else:
             meta = ResultMeta(task_id, outcome.state, outcome.value, date_done=utcnow_iso())
         return EagerResult(task_id, self.app, meta, self.name)

@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import states
 from ..errors import BackendError, TimeoutError
+from ..exception_codec import encode_exception
 from ..serialization import Codec, resolve_name
 from ..shared_storage import StorageWrite
 from ..url_schemes import redact_url
@@ -77,6 +78,13 @@ class ResultMeta:
             "task_id": self.task_id,
             **self.extra,
         }
+
+    @classmethod
+    def of_error(
+        cls, task_id: str, status: str, exc: BaseException, traceback: str | None = None
+    ) -> ResultMeta:
+        """A ready ``status`` (FAILURE, REJECTED) whose result is ``exc``, done now."""
+        return cls(task_id, status, encode_exception(exc), traceback, date_done=utcnow_iso())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResultMeta:

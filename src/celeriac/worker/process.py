@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 from .._sync import new_event_loop
 from .config import WorkerConfig
 from .consumer import TaskConsumer
-from .middleware import middleware_for
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -58,7 +57,6 @@ def build_consumer(
         prefetch_multiplier=config.prefetch_multiplier,
         hostname=config.hostname,
         processes=config.processes,
-        middleware=middleware_for(app),
         max_tasks=config.max_tasks_per_child if child else None,
         max_memory_kib=config.max_memory_per_child if child else None,
         shutdown_timeout=config.shutdown_timeout,

@@ -16,10 +16,9 @@ import logging
 from typing import Any
 
 from ... import states
-from ...backends.base import ResultMeta, utcnow_iso
+from ...backends.base import ResultMeta
 from ...canvas import Signature
 from ...errors import MessageTooLarge
-from ...exception_codec import encode_exception
 from ...execution import Outcome
 from ...protocol import Outgoing
 from ...sending import publish
@@ -75,10 +74,7 @@ async def _never_run(
     backend = await ctx.connections.abackend()
     for task_id in ids:
         if isinstance(task_id, str):
-            meta = ResultMeta(
-                task_id, states.FAILURE, encode_exception(error), date_done=utcnow_iso()
-            )
-            await backend.store(meta)
+            await backend.store(ResultMeta.of_error(task_id, states.FAILURE, error))
 
 
 async def send_all(ctx: WorkerContext, calls: list[Signature[Any]]) -> None:

@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from ... import states
-from ...backends.base import ResultMeta, utcnow_iso
+from ...backends.base import ResultMeta
 from ...canvas import Signature, as_signature_list
 from ...errors import ChordError
-from ...exception_codec import encode_exception
 from ...execution import Outcome
 from ..context import WorkerContext
 from ..job import Job
@@ -81,10 +80,7 @@ class Chords(Middleware):
     async def _fail_body(self, ctx: WorkerContext, body: Signature[Any], error: ChordError) -> None:
         backend = await ctx.connections.abackend()
         if body.id is not None:
-            meta = ResultMeta(
-                body.id, states.FAILURE, encode_exception(error), date_done=utcnow_iso()
-            )
-            await backend.store(meta)
+            await backend.store(ResultMeta.of_error(body.id, states.FAILURE, error))
         listed = as_signature_list(body["options"].get("link_error"), ctx.app) or []
         errbacks = [Signature.from_dict(e, ctx.app) for e in listed]
         await send_all(ctx, [e.clone((body.id,), parent_id=body.id) for e in errbacks])

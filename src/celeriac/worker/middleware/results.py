@@ -60,7 +60,7 @@ class Results(Middleware):
         if not isinstance(task_id, str) or not task_id:
             return
         error = cause if isinstance(cause, Exception) else DeadLettered(reason)
-        meta = ResultMeta(task_id, states.REJECTED, encode_exception(error), date_done=utcnow_iso())
+        meta = ResultMeta.of_error(task_id, states.REJECTED, error)
         try:
             backend = await ctx.connections.abackend()
             reply_to = delivery.message.properties.get("reply_to") or None
