@@ -114,3 +114,48 @@ def test_worker_middleware_holds_objects_not_import_paths() -> None:
         conf.update(worker_middleware=["proj.middleware.Audit"])
     with pytest.raises(ConfigurationError, match="must be"):
         conf.update(worker_middleware={"a": 1})
+
+
+def test_celery_values_mean_what_they_mean_in_celery() -> None:
+    from datetime import timedelta
+
+    conf = Settings()
+    conf.update(worker_pool="prefork", result_expires=timedelta(hours=2), task_annotations=None)
+    assert (conf.worker_pool, conf.result_expires, conf.task_annotations) == ("process", 7200.0, {})
+    conf.update(worker_pool="threads")
+    assert conf.worker_pool == "thread"
+
+
+def test_timezone_must_be_a_known_zone() -> None:
+    with pytest.raises(ConfigurationError, match="unknown time zone 'Mars/Olympus'"):
+        Settings().update(timezone="Mars/Olympus")
+
+
+@pytest.mark.parametrize(
+    ("zone", "enable_utc"), [("Europe/Berlin", True), ("America/New_York", False), (None, True)]
+)
+def test_etas_are_written_in_the_apps_time_zone_as_celery_writes_them(
+    zone: str | None, enable_utc: bool
+) -> None:
+    """Countdowns and expiry times carry the app's zone offset, as Celery's headers do;
+    a naive ``eta`` means the same instant to celeriac as to Celery's worker (UTC)."""
+    from datetime import datetime
+
+    from celery import Celery
+    from celery.utils.time import maybe_make_aware
+
+    from celeriac.sending import SendOptions
+
+    celery = Celery(set_as_current=False)
+    celery.conf.update(timezone=zone, enable_utc=enable_utc)
+    app = Celeriac("x", broker="memory://tz", timezone=zone, enable_utc=enable_utc)
+    theirs = celery.amqp.as_task_v2("id", "t", countdown=60, expires=120).headers
+    ours = app.build_outgoing("t", (), {}, SendOptions(countdown=60, expires=120)).message.headers
+    for header in ("eta", "expires"):
+        assert ours[header][-6:] == theirs[header][-6:]  # the same UTC offset
+        gap = datetime.fromisoformat(ours[header]) - datetime.fromisoformat(theirs[header])
+        assert abs(gap.total_seconds()) < 5
+    naive = datetime(2031, 1, 15, 12, 0)
+    eta = app.build_outgoing("t", (), {}, SendOptions(eta=naive)).message.headers["eta"]
+    assert datetime.fromisoformat(eta) == maybe_make_aware(naive, celery.timezone)
+    app.close()

@@ -116,10 +116,12 @@ def test_before_and_after_a_default() -> None:
         "Retries",
         "r1",
         "r2",
+        "Callbacks",
         "pre-results",
         "Results",
         "Chords",
-        "Callbacks",
+        "Errbacks",
+        "Handlers",
         "TaskLog",
         "B",
         "A",
@@ -302,7 +304,7 @@ def test_user_hooks_run_in_a_solo_worker_process(tmp_path: Path) -> None:
     banner = worker.log()
     assert (
         "middleware:  FileRecorder, Expiry, WorkerLost, RateLimits, Retries, FileRecorder, "
-        "Results, Chords, Callbacks, TaskLog, FileRecorder"
+        "Callbacks, Results, Chords, Errbacks, Handlers, TaskLog, FileRecorder"
     ) in banner
     assert f"(storage sqlite:{tmp_path}/mw.db)" in banner
     name = "tests.apps.with_middleware.flaky"

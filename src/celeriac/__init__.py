@@ -27,12 +27,14 @@ from .errors import (
     TimeLimitExceeded,
 )
 from .result import AsyncResult, EagerResult, GroupResult
+from .routing import Broadcast, Exchange, Queue
 from .task import AsyncTask, Task
 
 __all__ = [
     "__version__",
     "AsyncResult",
     "AsyncTask",
+    "Broadcast",
     "Celeriac",
     "CeleriacError",
     "Celery",
@@ -42,10 +44,12 @@ __all__ = [
     "chunks",
     "current_app",
     "EagerResult",
+    "Exchange",
     "group",
     "GroupResult",
     "Ignore",
     "MaxRetriesExceededError",
+    "Queue",
     "Reject",
     "Retry",
     "shared_task",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import sys
 import weakref
@@ -24,21 +25,25 @@ from .backends import backend_class, backend_from_url
 from .backends.base import BackendOptions, ResultBackend
 from .brokers import broker_from_url
 from .brokers.base import Broker, BrokerOptions
-from .canvas import Signature, register_builtins
+from .canvas import Signature, register_builtins, signature
 from .connections import LoopConnections
 from .errors import ConfigurationError, NotRegistered
 from .protocol import Outgoing
 from .request import current_app, current_app_if_any, set_current_app, set_default_app
 from .result import AsyncResult
+from .routing import bindings
 from .sending import SendOptions, build_outgoing, publish
 from .serialization import Codec
 from .settings import Settings
 from .sqlite.url import DEFAULT_URL
-from .task import AsyncTask, Task
+from .task import AsyncTask, Task, task_class
 from .worker.middleware import Middleware, Placement
 
 P = ParamSpec("P")
 R = TypeVar("R")
+logger = logging.getLogger("celeriac")
+Packages = Callable[[], Iterable[str]] | Iterable[str] | None
+"""What ``autodiscover_tasks`` takes: package names, a callable giving them, or None."""
 
 __all__ = ["Celeriac", "Celery", "current_app", "shared_task"]
 
@@ -92,6 +97,8 @@ class Celeriac:
         self._codec: Codec | None = None
         self._reply_queue: tuple[tuple[str | None, str | None, int], str | None] | None = None
         """((broker URL, result_backend, pid), reply queue): see ``reply_queue``."""
+        self._autodiscover: list[tuple[Packages, str]] = []
+        """``autodiscover_tasks`` calls waiting for ``import_modules``."""
         register_builtins(self)
         self._builtins = frozenset(self.tasks)
         for fn, options in _shared_tasks:
@@ -168,7 +175,11 @@ class Celeriac:
             lease_timeout=self.conf.broker_lease_timeout,
             max_deliveries=self.conf.broker_max_deliveries,
             connect_timeout=self.conf.broker_connection_timeout,
-            transport_options=dict(self.conf.broker_transport_options),
+            # RabbitMQ binds the queues of task_queues as they say (celeriac.routing).
+            transport_options={
+                **self.conf.broker_transport_options,
+                "bindings": bindings(self.conf),
+            },
         )
 
     def backend_options(self) -> BackendOptions:
@@ -208,11 +219,8 @@ class Celeriac:
             self.conf.task_annotations.get(name) or self.conf.task_annotations.get("*") or {}
         )
         opts = {**annotations, **opts}
-        base = opts.pop("base", None)
-        if base is not None and base not in (Task, AsyncTask):
-            raise ConfigurationError("base= custom Task classes are not supported; use bind=True")
         opts.pop("shared", None)
-        cls: type[Task[Any, Any]] = AsyncTask if asyncio.iscoroutinefunction(fn) else Task
+        cls = task_class(opts.pop("base", None), fn)
         try:
             task = cls(self, fn, name=name, **opts)
         except TypeError as exc:
@@ -244,9 +252,31 @@ class Celeriac:
             raise NotRegistered(f"task {name!r} is not registered with app {self.main!r}") from None
 
     def import_modules(self) -> None:
-        """Import ``imports`` and ``include`` so their tasks register."""
+        """Import ``imports`` and ``include``, and the modules ``autodiscover_tasks`` asked
+        for, so their tasks register (the worker does this when it starts)."""
         for module in (*self.conf.imports, *self.conf.include):
             importlib.import_module(module)
+        waiting, self._autodiscover = self._autodiscover, []
+        for packages, related_name in waiting:
+            self.autodiscover_tasks(packages, related_name, force=True)
+
+    def autodiscover_tasks(
+        self,
+        packages: Packages = None,
+        related_name: str = "tasks",
+        force: bool = False,
+    ) -> None:
+        """Import ``<package>.<related_name>`` for each package that has it (Celery's
+        ``autodiscover_tasks``). ``packages`` may be a callable, called then (for
+        ``lambda: settings.INSTALLED_APPS``); None: Django's installed apps. Lazily, when
+        the worker starts (``import_modules``), unless ``force``."""
+        if not force:
+            self._autodiscover.append((packages, related_name))
+            return
+        if callable(packages):
+            packages = packages()
+        for package in _django_apps() if packages is None else packages:
+            _import_related(package, related_name)
 
     # -- connections -------------------------------------------------------------
     def connections(self) -> LoopConnections:
@@ -261,6 +291,7 @@ class Celeriac:
                 self.reply_queue,
             )
             self._connections[loop] = conns
+            self.conf.warn_unused(logger)
         return conns
 
     async def abroker(self) -> Broker:
@@ -340,14 +371,10 @@ class Celeriac:
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, self)
 
-    def signature(
-        self,
-        name: str,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Signature[Any]:
-        return Signature(name, args, kwargs, options, app=self)
+    def signature(self, *args: Any, **kwargs: Any) -> Signature[Any]:
+        """Celery's ``app.signature``: :func:`celeriac.signature` in this app."""
+        kwargs["app"] = self
+        return signature(*args, **kwargs)
 
 
 Celery = Celeriac
@@ -396,6 +423,32 @@ def shared_task(
         return _SharedTask(name)
 
     return register(fn) if fn is not None else register
+
+
+def _import_related(package: str, related_name: str) -> None:
+    """Import ``package.related_name`` if it exists (Celery's ``find_related_module``:
+    an `INSTALLED_APPS` entry may name an app config class inside the package)."""
+    try:
+        importlib.import_module(package)
+    except ModuleNotFoundError:
+        package = package.rpartition(".")[0]
+        if not package:
+            raise
+    name = f"{package}.{related_name}"
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:  # something the module imports is missing: say so
+            raise
+
+
+def _django_apps() -> list[str]:
+    """The names of Django's installed apps, when Django is configured; else none."""
+    if "django" not in sys.modules:
+        return []
+    from django.apps import apps  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+    return [config.name for config in apps.get_app_configs()]
 
 
 def _import_object(ref: str) -> object:

@@ -20,12 +20,16 @@
     ├── MaxRetriesExceededError     self.retry() past max_retries
     ├── ChordError                  a chord's header task failed; its body will not run
     ├── TimeLimitExceeded           hard time limit; the task was stopped
-    └── SoftTimeLimitExceeded       raised inside a task at its soft time limit
+    ├── SoftTimeLimitExceeded       raised inside a task at its soft time limit
+    ├── WorkerLostError             the task's worker died; the task will not run again
+    └── TaskControl                 control flow raised inside tasks, not errors
+        ├── Retry                   self.retry(): run again later
+        ├── Reject                  refuse the message (requeue or dead-letter)
+        └── Ignore                  do not record a result
 
-    TaskControl (BaseException)     control flow raised inside tasks, not errors
-    ├── Retry                       self.retry(): run again later
-    ├── Reject                      refuse the message (requeue or dead-letter)
-    └── Ignore                      do not record a result
+``TaskControl`` is an ``Exception``, as Celery's ``TaskPredicate`` is: a task
+whose ``except Exception:`` wraps ``self.retry()`` catches the ``Retry``, in
+Celery as here (re-raise it, or catch narrower exceptions).
 
 Driver exceptions (sqlite3, redis, ...) are turned into these at the broker and
 backend boundary; nothing above ``brokers/`` and ``backends/`` sees them.
@@ -153,8 +157,12 @@ class SoftTimeLimitExceeded(CeleriacError):
     """Raised inside a task when it reaches its soft time limit."""
 
 
-class TaskControl(BaseException):
-    """Control flow raised inside a task; never an error to report."""
+class WorkerLostError(CeleriacError):
+    """The worker running this task died before the task finished."""
+
+
+class TaskControl(CeleriacError):
+    """Control flow raised inside a task; never an error to report (Celery's ``TaskPredicate``)."""
 
 
 class Retry(TaskControl):

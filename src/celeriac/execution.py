@@ -1,18 +1,21 @@
 """Calling a task function with its request, and what came of it.
 
 Shared by the worker and by eager ``Task.apply()``, so both run a task the
-same way: the request is set for ``self.request``, control-flow exceptions
-(Retry, Reject, Ignore) become outcomes, and retry delays follow the task's
-backoff options.
+same way: the request is set for ``self.request``, the task's
+``before_start`` handler runs first (as in Celery, what it raises fails the
+task), control-flow exceptions (Retry, Reject, Ignore) become outcomes, and
+retry delays follow the task's backoff options.
 """
 
 from __future__ import annotations
 
+import builtins
 import random
 import time
 import traceback as tb
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import states
@@ -23,7 +26,47 @@ from .shared_storage import StorageWrite
 if TYPE_CHECKING:
     from .task import Task
 
-__all__ = ["Outcome", "autoretry_countdown", "call_async", "call_sync"]
+__all__ = [
+    "ExceptionInfo",
+    "HandlerCall",
+    "Outcome",
+    "autoretry_countdown",
+    "call_async",
+    "call_sync",
+    "handler_calls",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionInfo:
+    """An exception with its formatted traceback: the ``einfo`` that Celery's task
+    handlers (``on_failure``, ``on_retry``) receive, with billiard's attributes."""
+
+    exception: BaseException
+    traceback: str
+    internal: bool = False
+
+    @classmethod
+    def of(cls, exc: BaseException, text: str | None = None) -> ExceptionInfo:
+        """``exc`` with ``text`` as its traceback, else its own, formatted."""
+        if text is None:
+            text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(exc, text)
+
+    @property
+    def type(self) -> builtins.type[BaseException]:
+        return builtins.type(self.exception)
+
+    @property
+    def tb(self) -> TracebackType | None:
+        return self.exception.__traceback__
+
+    @property
+    def exc_info(self) -> tuple[builtins.type[BaseException], BaseException, TracebackType | None]:
+        return self.type, self.exception, self.tb
+
+    def __str__(self) -> str:
+        return self.traceback
 
 
 @dataclass(slots=True)
@@ -73,7 +116,10 @@ def call_sync(task: Task[Any, Any], request: Request) -> Outcome:
     """
     token, started = current_request.set(request), time.perf_counter()
     try:
-        value = task.run(*request.args, **request.kwargs)
+        if task.own_handlers:
+            value = _run_as_its_class_says(task, request)
+        else:
+            value = task.run(*request.args, **request.kwargs)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
@@ -88,6 +134,8 @@ async def call_async(task: Task[Any, Any], request: Request) -> Outcome:
     :func:`call_sync` runs a sync one."""
     token, started = current_request.set(request), time.perf_counter()
     try:
+        if task.own_handlers:
+            _before_start(task, request)
         value = await task.run(*request.args, **request.kwargs)
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -96,6 +144,51 @@ async def call_async(task: Task[Any, Any], request: Request) -> Outcome:
     finally:
         current_request.reset(token)
     return Outcome(states.SUCCESS, value, runtime=time.perf_counter() - started)
+
+
+def _run_as_its_class_says(task: Task[Any, Any], request: Request) -> Any:
+    """Run a task whose ``base=`` class has handlers or its own ``__call__``, as Celery
+    does: ``before_start`` first, then the function through that ``__call__``."""
+    _before_start(task, request)
+    request.through_call = task.overrides("__call__")
+    run = task if request.through_call else task.run
+    return run(*request.args, **request.kwargs)
+
+
+def _before_start(task: Task[Any, Any], request: Request) -> None:
+    if request.id is not None and task.overrides("before_start"):
+        task.before_start(request.id, request.args, request.kwargs)
+
+
+HandlerCall = tuple[str, Callable[..., Any], tuple[Any, ...]]
+"""A task handler to call: its name, the bound method, its arguments."""
+
+
+def handler_calls(task: Task[Any, Any], request: Request, outcome: Outcome) -> list[HandlerCall]:
+    """The handlers ``task`` overrides that Celery calls after ``outcome``, in
+    Celery's order and with its arguments (``celeriac.worker.middleware.handlers``
+    calls them in the worker; ``Task.apply`` eagerly)."""
+    common = (request.id, request.args, request.kwargs)
+    calls: list[HandlerCall] = []
+    exc = outcome.exc
+    if outcome.state == states.RETRY and isinstance(exc, Retry):
+        if task.overrides("on_retry"):
+            calls.append(("on_retry", task.on_retry, (exc.exc, *common, ExceptionInfo.of(exc))))
+        return calls
+    if outcome.state == states.SUCCESS:
+        retval = outcome.value
+        if task.overrides("on_success"):
+            calls.append(("on_success", task.on_success, (retval, *common)))
+    elif outcome.state == states.FAILURE and exc is not None:
+        retval = exc
+        if task.overrides("on_failure"):
+            einfo = ExceptionInfo.of(exc, outcome.traceback)
+            calls.append(("on_failure", task.on_failure, (exc, *common, einfo)))
+    else:
+        return calls
+    if task.overrides("after_return"):
+        calls.append(("after_return", task.after_return, (outcome.state, retval, *common, None)))
+    return calls
 
 
 def autoretry_countdown(task: Task[Any, Any], exc: BaseException, retries: int) -> float | None:

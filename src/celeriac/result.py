@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import states
@@ -11,7 +11,7 @@ from ._sync import run_sync
 from .backends.base import ResultMeta
 from .errors import TaskRevokedError
 from .exception_codec import decode_exception
-from .request import current_app, current_request
+from .request import current_app, running_request
 
 if TYPE_CHECKING:
     from .app import Celeriac
@@ -34,10 +34,11 @@ class AsyncResult(Generic[R]):
             app = current_app()
         self.id = id
         self.app = app
-        self.name = task_name
+        self._name = task_name
         self.parent: AsyncResult[Any] | GroupResult | None = None
         """The result this one follows in a chain (known to the client that sent it)."""
         self._cache: ResultMeta | None = None
+        self._on_ready: list[tuple[Callable[[Any], Any], Callable[[Exception], Any] | None]] = []
 
     @property
     def task_id(self) -> str:
@@ -61,8 +62,33 @@ class AsyncResult(Generic[R]):
         backend = await self.app.connections().abackend()
         meta = await backend.get(self.id)
         if meta is not None and meta.ready:
-            self._cache = meta
+            self._set_ready(meta)
         return meta
+
+    def _set_ready(self, meta: ResultMeta) -> None:
+        """Keep the ready ``meta``, and call what :meth:`then` registered."""
+        self._cache = meta
+        pending, self._on_ready = self._on_ready, []
+        for callback, on_error in pending:
+            _call_back(self, callback, on_error)
+
+    def then(
+        self,
+        callback: Callable[[Any], Any],
+        on_error: Callable[[Exception], Any] | None = None,
+        weak: bool = False,
+    ) -> None:
+        """Call ``callback(self)`` once this result is ready, as Celery's ``then``.
+
+        As in Celery, it is called when this process sees the result ready
+        (``get()``, ``wait()``, ``state``, ``ready()``, ...), at once if it
+        already did. What ``callback`` raises goes to ``on_error`` when given.
+        ``weak`` is accepted for Celery's signature; the callback is held strongly.
+        """
+        if self._cache is not None:
+            _call_back(self, callback, on_error)
+        else:
+            self._on_ready.append((callback, on_error))
 
     async def aget(
         self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5
@@ -72,7 +98,7 @@ class AsyncResult(Generic[R]):
         if meta is None:
             backend = await self.app.connections().abackend()
             meta = await backend.wait(self.id, timeout, interval)
-            self._cache = meta
+            self._set_ready(meta)
         return self._outcome(meta, propagate)
 
     async def aforget(self) -> None:
@@ -151,6 +177,45 @@ class AsyncResult(Generic[R]):
         return meta.result
 
     info = result
+    """The result, or for a custom state (``update_state``) the ``meta`` stored with it."""
+
+    @property
+    def name(self) -> str | None:
+        """The task's name: the sender's, else what ``result_extended`` stored."""
+        return self._name if self._name is not None else self._extended("name")
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        self._name = value
+
+    @property
+    def args(self) -> list[Any] | None:
+        """The task's positional arguments (stored with ``result_extended``)."""
+        return self._extended("args")  # type: ignore[no-any-return]
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        """The task's keyword arguments (stored with ``result_extended``)."""
+        return self._extended("kwargs")  # type: ignore[no-any-return]
+
+    @property
+    def worker(self) -> str | None:
+        """The worker that ran the task (stored with ``result_extended``)."""
+        return self._extended("worker")  # type: ignore[no-any-return]
+
+    @property
+    def queue(self) -> str | None:
+        """The queue the task came from (stored with ``result_extended``)."""
+        return self._extended("queue")  # type: ignore[no-any-return]
+
+    @property
+    def retries(self) -> int | None:
+        """How many times the task was retried (stored with ``result_extended``)."""
+        return self._extended("retries")  # type: ignore[no-any-return]
+
+    def _extended(self, field: str) -> Any:
+        meta = self._meta()
+        return None if meta is None else meta.extra.get(field)
 
     @property
     def traceback(self) -> str | None:
@@ -188,8 +253,21 @@ class EagerResult(AsyncResult[R]):
         self._cache = ResultMeta(self.id, states.PENDING)
 
 
+def _call_back(
+    result: AsyncResult[Any],
+    callback: Callable[[Any], Any],
+    on_error: Callable[[Exception], Any] | None,
+) -> None:
+    try:
+        callback(result)
+    except Exception as exc:
+        if on_error is None:
+            raise
+        on_error(exc)
+
+
 def _refuse_inside_task() -> None:
-    request = current_request.get()
+    request = running_request()
     if request.id is not None and not request.is_eager:
         raise RuntimeError(
             "Never call result.get() within a task: it can deadlock the worker. "

@@ -14,9 +14,15 @@ has it:
   that hold for it wherever it runs (``task_time_limit``,
   ``task_soft_time_limit``, ``task_ignore_result``, ``task_redact_kwargs``)
   into those options, since the worker reads them too;
-- the settings that route a message at send time: ``task_routes`` then
-  ``task_default_queue``, ``task_default_priority``, ``task_serializer``
+- the settings that route a message at send time: ``task_routes``,
+  ``task_queues`` and ``task_default_queue`` (:mod:`celeriac.routing`, as
+  Celery routes), ``task_default_priority``, ``task_serializer``
   (:func:`message_serializer`).
+
+A route that names an exchange the message does not go straight to its
+queue through (a topic or fanout exchange, or an explicit exchange and
+routing key) travels in the message's ``delivery_info`` property, kombu's
+place for it, for the RabbitMQ broker; the other brokers route by queue name.
 
 A task not registered here (``send_task`` by name) leaves its time limits to
 the worker's task and stores its result unless the call says otherwise.
@@ -32,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import fnmatch
 import logging
 import numbers
 import reprlib
@@ -40,12 +45,14 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from .connections import LoopConnections
-from .errors import ConfigurationError, MessageTooLarge
+from .errors import MessageTooLarge
 from .protocol import Message, Outgoing, TaskBody, nodename
+from .routing import destination
 from .serialization import Serializer, resolve_name
 from .settings import Settings
 
@@ -57,7 +64,7 @@ __all__ = [
     "check_message_size",
     "message_serializer",
     "publish",
-    "route_queue",
+    "zone_of",
 ]
 
 logger = logging.getLogger("celeriac")
@@ -168,6 +175,9 @@ class TaskOptions(Protocol):
 
 
 def _timestamp(value: float | datetime | str, now: float) -> float:
+    """A countdown, datetime or ISO string as a UNIX time. A naive datetime is UTC,
+    whatever ``timezone`` says: Celery 5.7's worker reads one so (``maybe_make_aware``
+    makes a naive ETA UTC before it localizes it)."""
     if isinstance(value, numbers.Real):
         return now + float(value)
     if isinstance(value, timedelta):
@@ -181,30 +191,18 @@ def _timestamp(value: float | datetime | str, now: float) -> float:
     raise TypeError(f"expected seconds, a datetime or an ISO 8601 string, not {value!r}")
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+def _iso(ts: float, zone: tzinfo) -> str:
+    return datetime.fromtimestamp(ts, zone).isoformat()
 
 
-def route_queue(conf: Settings, task_name: str, explicit: str | None) -> str:
-    """The queue for a task: the call's, else ``task_routes``, else the default."""
-    if explicit:
-        return explicit
-    routes = conf.task_routes
-    route = routes.get(task_name)
-    if route is None:
-        for pattern, candidate in routes.items():
-            if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(task_name, pattern):
-                route = candidate
-                break
-    if route is None:
-        return conf.task_default_queue
-    if isinstance(route, str):
-        return route
-    if isinstance(route, Mapping) and isinstance(route.get("queue"), str):
-        return str(route["queue"])
-    raise ConfigurationError(
-        f"task_routes[{task_name!r}] must be a queue name or {{'queue': name}}"
-    )
+def zone_of(conf: Settings) -> tzinfo:
+    """The app's time zone (Celery's ``app.timezone``): ``timezone``; unset, UTC, or the
+    machine's zone without ``enable_utc``. ETA and expiry headers are written in it."""
+    if conf.timezone:
+        return ZoneInfo(conf.timezone)
+    if conf.enable_utc:
+        return UTC
+    return datetime.now().astimezone().tzinfo or UTC
 
 
 def redacted_kwargs_repr(kwargs: Mapping[str, Any], redact: Sequence[str]) -> str:
@@ -264,8 +262,8 @@ def _headers(
         "task": task_name,
         "id": task_id,
         "shadow": opts.shadow,
-        "eta": None if eta_ts is None else _iso(eta_ts),
-        "expires": None if expires_ts is None else _iso(expires_ts),
+        "eta": None if eta_ts is None else _iso(eta_ts, zone_of(conf)),
+        "expires": None if expires_ts is None else _iso(expires_ts, zone_of(conf)),
         "group": opts.group_id,
         "group_index": opts.group_index,
         "retries": opts.retries,
@@ -326,16 +324,27 @@ def build_outgoing(
     serializer = message_serializer(conf, task, opts.serializer)
     payload = serializer.encode(body.to_payload())
     check_message_size(conf.task_message_max_size, task_name, payload)
-    priority = opts.priority if opts.priority is not None or task is None else task.priority
-    if priority is None:
-        priority = conf.task_default_priority or 0
-    queue = route_queue(conf, task_name, opts.queue or (task.queue if task is not None else None))
+    given = {
+        "queue": opts.queue or (task.queue if task is not None else None),
+        "exchange": opts.exchange,
+        "routing_key": opts.routing_key,
+        "priority": opts.priority if opts.priority is not None or task is None else task.priority,
+    }
+    route = destination(conf, task_name, args, kwargs, given, task)
+    priority = route.priority if route.priority is not None else conf.task_default_priority or 0
+    queue = route.queue.name
     properties: dict[str, Any] = {
         "correlation_id": task_id,
         "reply_to": opts.reply_to or app.reply_queue or "",
         "delivery_mode": 2,
         "priority": priority,
     }
+    if route.exchange:
+        properties["delivery_info"] = {
+            "exchange": route.exchange,
+            "exchange_type": route.exchange_type,
+            "routing_key": route.routing_key,
+        }
     message = Message(
         headers, payload, serializer.content_type, serializer.content_encoding, properties
     )

@@ -2,7 +2,10 @@
 
 Sources, later ones win: defaults, ``CELERIAC_<NAME>`` environment variables,
 the app constructor, ``app.conf.update()`` / ``app.config_from_object()``.
-An unknown name is an error that names the nearest valid one.
+An unknown name is an error that names the nearest valid one. A Celery setting
+celeriac does not use (``celery_settings.UNUSED``) is accepted, kept, and logged
+once with what celeriac does instead (:meth:`Settings.warn_unused`). ``None``
+for a setting that cannot be None means "not set", as in Celery: the default.
 
 Defaults that differ from Celery's, and why (also in docs/configuration.md):
 
@@ -26,13 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import types
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import Any, get_type_hints
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
+from .celery_settings import UNUSED
 from .errors import ConfigurationError, UnknownSettingError
 
 ENV_PREFIX = "CELERIAC_"
@@ -55,7 +62,16 @@ class Settings:
     # tasks
     task_default_queue: str = "celery"
     task_default_priority: int | None = None
-    task_routes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    task_routes: Any = None
+    """A dict (glob or ``re.compile`` keys), a router function, or a list of them
+    (``celeriac.routing``)."""
+    task_queues: Any = None
+    """``Queue`` objects (celeriac's or kombu's), or a dict of name -> options."""
+    task_create_missing_queues: bool = True
+    task_default_exchange: str | None = None
+    task_default_exchange_type: str = "direct"
+    task_default_routing_key: str | None = None
+    task_create_missing_queue_exchange_type: str | None = None
     task_acks_late: bool = True
     task_reject_on_worker_lost: bool = True
     task_time_limit: float | None = None
@@ -89,26 +105,48 @@ class Settings:
     # app
     imports: list[str] = dataclasses.field(default_factory=list)
     include: list[str] = dataclasses.field(default_factory=list)
-    timezone: str = "UTC"
+    timezone: str | None = None
+    """The zone ETAs and expiry times are written in (None: UTC, or the local zone
+    without ``enable_utc``). A naive ``eta`` datetime is UTC, as in Celery."""
     enable_utc: bool = True
-    beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
+    unused: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    """The values of Celery settings celeriac accepts without using (see ``UNUSED``)."""
+    _warned: set[str] = dataclasses.field(default_factory=set, repr=False)
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         merged = {**(values or {}), **kwargs}
         for name, value in merged.items():
-            setattr(self, check_name(name), coerce(name, value))
+            self[name] = value
 
     def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self, name) if name in SETTING_NAMES else default
+        if name in SETTING_NAMES:
+            return getattr(self, name)
+        return self.unused.get(name, default)
 
     def __getitem__(self, name: str) -> Any:
-        return getattr(self, check_name(name))
+        if check_name(name) in UNUSED:
+            return self.unused.get(name)
+        return getattr(self, name)
 
     def __setitem__(self, name: str, value: Any) -> None:
-        setattr(self, check_name(name), coerce(name, value))
+        if check_name(name) in UNUSED:
+            self.unused[name] = value
+        else:
+            setattr(self, name, coerce(name, value))
 
     def __contains__(self, name: object) -> bool:
-        return name in SETTING_NAMES
+        return name in SETTING_NAMES or name in UNUSED
+
+    def warn_unused(self, logger: logging.Logger) -> None:
+        """Log, once per name, each Celery setting given that celeriac does not use,
+        with what celeriac does instead (at worker start and a client's first send)."""
+        for name in sorted(self.unused.keys() - self._warned):
+            logger.warning(
+                "setting %r is accepted for Celery compatibility and not used: %s",
+                name,
+                UNUSED[name],
+            )
+            self._warned.add(name)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in SETTING_NAMES}
@@ -140,38 +178,54 @@ class Settings:
         for key, raw in env.items():
             if key.startswith(ENV_PREFIX):
                 name = key[len(ENV_PREFIX) :].lower()
-                if name not in SETTING_NAMES:
+                if name not in self:
                     raise UnknownSettingError(_unknown_message(name, f"environment variable {key}"))
                 self.update({name: _parse_env_value(name, raw)})
 
 
+_STATE = frozenset({"unused", "_warned"})
 SETTING_TYPES: dict[str, Any] = get_type_hints(Settings)
-SETTING_NAMES: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Settings))
+SETTING_NAMES: frozenset[str] = frozenset(
+    f.name for f in dataclasses.fields(Settings) if f.name not in _STATE
+)
 _CHOICES = {"worker_pool": ("process", "thread", "async", "solo")}
+_ALIASES = {"worker_pool": {"prefork": "process", "processes": "process", "threads": "thread"}}
+"""Celery's names for the same choice."""
 _NOT_NEGATIVE = frozenset({"task_message_max_size"})
 _OBJECTS = frozenset({"worker_middleware"})
 """Settings that hold objects: a string in them (an import path) is refused."""
 
 
 def _unknown_message(name: str, where: str = "setting") -> str:
-    close = difflib.get_close_matches(name, SETTING_NAMES, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, SETTING_NAMES | UNUSED.keys(), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown {where} {name!r}{hint}"
 
 
 def check_name(name: str) -> str:
-    if name not in SETTING_NAMES:
+    """``name`` if it is a setting (celeriac's or a Celery one celeriac does not use).
+
+    Celery's pre-4.0 uppercase names (`CELERY_ALWAYS_EAGER`, `BROKER_URL`) are
+    refused with the way to rename them: Celery 5 reads them only when a
+    configuration uses no new name at all, and has deprecated them.
+    """
+    if name not in SETTING_NAMES and name not in UNUSED:
         lowered = name.lower()
-        if lowered in SETTING_NAMES:
+        if lowered in SETTING_NAMES or lowered in UNUSED:
             raise UnknownSettingError(
                 f"unknown setting {name!r}; celeriac uses Celery's lowercase names: {lowered!r}"
+            )
+        if name.isupper():
+            raise UnknownSettingError(
+                f"unknown setting {name!r}: celeriac reads Celery's lowercase names only; "
+                "`celery upgrade settings FILE` renames Celery's old uppercase ones"
             )
         raise UnknownSettingError(_unknown_message(name))
     return name
 
 
 def _parse_env_value(name: str, raw: str) -> Any:
-    hint = SETTING_TYPES[name]
+    hint = SETTING_TYPES.get(name, Any)
     if hint is str or hint == str | None:
         return raw
     try:
@@ -192,10 +246,18 @@ def _accepts(hint: Any, kind: type) -> bool:
 def coerce(name: str, value: Any) -> Any:
     """Validate ``value`` for setting ``name``; return it in the setting's type."""
     hint = SETTING_TYPES[name]
+    if hint is Any:
+        return value
     if value is None:
-        if _accepts(hint, type(None)):
-            return None
-        raise ConfigurationError(f"setting {name!r} cannot be None")
+        return None if _accepts(hint, type(None)) else getattr(Settings(), name)
+    if name == "timezone":
+        return _zone_name(value)
+    return _coerce_scalar(name, hint, value)
+
+
+def _coerce_scalar(name: str, hint: Any, value: Any) -> Any:
+    if _accepts(hint, float) and isinstance(value, timedelta):
+        return value.total_seconds()
     if _accepts(hint, bool) and isinstance(value, bool):
         return value
     if _accepts(hint, int) and isinstance(value, int) and not isinstance(value, bool):
@@ -205,6 +267,7 @@ def coerce(name: str, value: Any) -> Any:
     if _accepts(hint, float) and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if _accepts(hint, str) and isinstance(value, str):
+        value = _ALIASES.get(name, {}).get(value, value)
         choices = _CHOICES.get(name)
         if choices and value not in choices:
             raise ConfigurationError(f"setting {name!r} must be one of {choices}, not {value!r}")
@@ -223,6 +286,16 @@ def coerce(name: str, value: Any) -> Any:
     raise ConfigurationError(
         f"setting {name!r} must be {expected}, not {type(value).__name__} ({value!r})"
     )
+
+
+def _zone_name(value: Any) -> str:
+    """A ``timezone`` value: an IANA zone name (or a ``tzinfo`` that has one)."""
+    name = value if isinstance(value, str) else getattr(value, "key", None) or str(value)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(f"setting 'timezone': unknown time zone {value!r}") from None
+    return name
 
 
 def _no_import_paths(name: str, items: list[Any]) -> list[Any]:

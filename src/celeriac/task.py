@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, ParamSpec, Ty
 
 from . import states
 from ._sync import run_sync
-from .backends.base import ResultMeta, utcnow_iso
+from .backends.base import ResultMeta
 from .canvas import Signature, chain, chunks, xmap, xstarmap
-from .errors import Ignore, MaxRetriesExceededError, Retry
-from .execution import Outcome, autoretry_countdown, call_async, call_sync
+from .eager import apply_eagerly
+from .errors import ConfigurationError, Ignore, MaxRetriesExceededError, Retry
+from .execution import (
+    ExceptionInfo,
+)
 from .protocol import Outgoing
-from .request import Request, current_request
+from .request import Request, current_request, running_request
 from .result import AsyncResult, EagerResult
 from .sending import SendOptions, build_outgoing, publish
 
@@ -32,20 +35,29 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-__all__ = ["AsyncTask", "Task"]
+__all__ = ["AsyncTask", "Task", "task_class"]
 
 
-class _Setting(enum.Enum):
-    """An option left to the app's setting (where None means something of its own)."""
+class _Unset(enum.Enum):
+    """An option the decorator did not give: a ``base=`` class's attribute, else the
+    app's setting, decides (``None`` means something of its own for some options)."""
 
-    FROM_SETTINGS = enum.auto()
+    UNSET = enum.auto()
 
 
-FROM_SETTINGS: Literal[_Setting.FROM_SETTINGS] = _Setting.FROM_SETTINGS
+UNSET: Literal[_Unset.UNSET] = _Unset.UNSET
 
 
 class Task(Generic[P, R]):
-    """A registered task. Attributes are Celery's task options."""
+    """A registered task. Attributes are Celery's task options.
+
+    An option comes from the decorator (``@app.task(max_retries=5)``), else
+    from a class attribute of a ``base=`` subclass of ``Task`` (Celery's
+    ``class MyTask(Task): max_retries = 5``), else from the app's settings.
+    The subclass may also define Celery's handlers (:meth:`before_start`,
+    :meth:`on_success`, :meth:`on_failure`, :meth:`on_retry`,
+    :meth:`after_return`); the worker calls those it overrides.
+    """
 
     def __init__(
         self,
@@ -54,14 +66,14 @@ class Task(Generic[P, R]):
         *,
         name: str,
         bind: bool = False,
-        max_retries: int | Literal[_Setting.FROM_SETTINGS] | None = FROM_SETTINGS,
+        max_retries: int | _Unset | None = UNSET,
         default_retry_delay: float | None = None,
-        autoretry_for: tuple[type[BaseException], ...] = (),
-        dont_autoretry_for: tuple[type[BaseException], ...] = (),
+        autoretry_for: tuple[type[BaseException], ...] | None = None,
+        dont_autoretry_for: tuple[type[BaseException], ...] | None = None,
         retry_kwargs: Mapping[str, Any] | None = None,
-        retry_backoff: bool | float = False,
-        retry_backoff_max: float = 600.0,
-        retry_jitter: bool = True,
+        retry_backoff: bool | float | None = None,
+        retry_backoff_max: float | None = None,
+        retry_jitter: bool | None = None,
         acks_late: bool | None = None,
         reject_on_worker_lost: bool | None = None,
         time_limit: float | None = None,
@@ -73,57 +85,97 @@ class Task(Generic[P, R]):
         serializer: str | None = None,
         rate_limit: str | None = None,
         track_started: bool | None = None,
-        typing: bool = True,
-        redact_kwargs: Sequence[str] = (),
+        typing: bool | None = None,
+        redact_kwargs: Sequence[str] | None = None,
     ):
         self.app = app
         self.fn = fn
         self.name = name
         self.bind = bind
         conf = app.conf
-        self.max_retries = conf.task_max_retries if max_retries is FROM_SETTINGS else max_retries
+        pick = self._option
+        self.max_retries: int | None = (
+            max_retries if max_retries is not UNSET else pick("max_retries", conf.task_max_retries)
+        )
         """None: retry for ever (``task_max_retries`` unless the task says)."""
-        self.default_retry_delay = (
-            conf.task_default_retry_delay if default_retry_delay is None else default_retry_delay
+        self.default_retry_delay: float = pick(
+            "default_retry_delay", conf.task_default_retry_delay, default_retry_delay
         )
-        self.autoretry_for = tuple(autoretry_for)
-        self.dont_autoretry_for = tuple(dont_autoretry_for)
-        self.retry_kwargs = dict(retry_kwargs or {})
-        self.retry_backoff = retry_backoff
-        self.retry_backoff_max = retry_backoff_max
-        self.retry_jitter = retry_jitter
-        self.acks_late = conf.task_acks_late if acks_late is None else acks_late
-        self.reject_on_worker_lost = (
-            conf.task_reject_on_worker_lost
-            if reject_on_worker_lost is None
-            else reject_on_worker_lost
+        self.autoretry_for: tuple[type[BaseException], ...] = tuple(
+            pick("autoretry_for", (), autoretry_for)
         )
-        self.time_limit = conf.task_time_limit if time_limit is None else time_limit
-        self.soft_time_limit = (
-            conf.task_soft_time_limit if soft_time_limit is None else soft_time_limit
+        self.dont_autoretry_for: tuple[type[BaseException], ...] = tuple(
+            pick("dont_autoretry_for", (), dont_autoretry_for)
         )
-        self.ignore_result = conf.task_ignore_result if ignore_result is None else ignore_result
-        self.expires = expires
-        self.priority = priority
-        self.queue = queue
-        self.serializer = serializer
-        self.rate_limit = conf.task_default_rate_limit if rate_limit is None else rate_limit
-        self.track_started = conf.task_track_started if track_started is None else track_started
-        self.typing = typing
-        self.redact_kwargs = tuple(redact_kwargs) or tuple(conf.task_redact_kwargs)
+        self.retry_kwargs: dict[str, Any] = dict(pick("retry_kwargs", {}, retry_kwargs))
+        self.retry_backoff: bool | float = pick("retry_backoff", False, retry_backoff)
+        self.retry_backoff_max: float = pick("retry_backoff_max", 600.0, retry_backoff_max)
+        self.retry_jitter: bool = pick("retry_jitter", True, retry_jitter)
+        self.acks_late: bool = pick("acks_late", conf.task_acks_late, acks_late)
+        self.reject_on_worker_lost: bool = pick(
+            "reject_on_worker_lost", conf.task_reject_on_worker_lost, reject_on_worker_lost
+        )
+        self.time_limit: float | None = pick("time_limit", conf.task_time_limit, time_limit)
+        self.soft_time_limit: float | None = pick(
+            "soft_time_limit", conf.task_soft_time_limit, soft_time_limit
+        )
+        self.ignore_result: bool = pick("ignore_result", conf.task_ignore_result, ignore_result)
+        self.expires: float | datetime | None = pick("expires", None, expires)
+        self.priority: int | None = pick("priority", None, priority)
+        self.queue: str | None = pick("queue", None, queue)
+        self.serializer: str | None = pick("serializer", None, serializer)
+        self.rate_limit: str | None = pick("rate_limit", conf.task_default_rate_limit, rate_limit)
+        self.track_started: bool = pick("track_started", conf.task_track_started, track_started)
+        self.typing: bool = pick("typing", True, typing)
+        self.redact_kwargs = tuple(pick("redact_kwargs", (), redact_kwargs)) or tuple(
+            conf.task_redact_kwargs
+        )
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.own_handlers = frozenset(h for h in _HANDLERS if _defines(type(self), h))
+        """Celery's handlers (and ``__call__``) this task's class defines: the worker
+        calls only these."""
         self._signature = _call_signature(fn, bind)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self.__name__ = getattr(fn, "__name__", name)
         self.__module__ = getattr(fn, "__module__", "")
 
+    def _option(self, name: str, setting: Any, given: Any = None) -> Any:
+        """``given`` if the decorator gave it, else a subclass's class attribute, else
+        ``setting`` (instance attributes of ``Task`` itself are set here, so only a
+        subclass's class attribute is found on the class)."""
+        if given is not None:
+            return given
+        for klass in type(self).__mro__:
+            if klass in (Task, AsyncTask):
+                break
+            if name in vars(klass):
+                return vars(klass)[name]
+        return setting
+
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
 
     # -- running in-process ------------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.run(*args, **kwargs)  # type: ignore[no-any-return]
+        """Call the function here as a plain function, as Celery does: ``self.request``
+        is a new one with ``called_directly`` True (the caller's request stays the
+        parent of what the function sends)."""
+        current = current_request.get()
+        if current.through_call:  # the worker calling an overridden __call__
+            current.through_call = False
+            return self.run(*args, **kwargs)  # type: ignore[no-any-return]
+        token = current_request.set(self._direct_request(current, args, kwargs))
+        try:
+            return self.run(*args, **kwargs)  # type: ignore[no-any-return]
+        finally:
+            current_request.reset(token)
+
+    def _direct_request(
+        self, current: Request, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> Request:
+        within = current.within or (None if current.called_directly else current)
+        return Request(task=self.name, args=args, kwargs=kwargs, within=within)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Call the task's function right here (with ``self`` when bound)."""
@@ -135,6 +187,82 @@ class Task(Generic[P, R]):
     def request(self) -> Request:
         """The request of the task running now in this context."""
         return current_request.get()
+
+    # -- handlers (Celery's; override them in a base= subclass) -------------
+    def before_start(self, task_id: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Called in the worker right before the task runs; what it raises fails the task."""
+
+    def on_success(
+        self, retval: Any, task_id: str, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> None:
+        """Called in the worker after the task succeeded and its result was stored."""
+
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        einfo: ExceptionInfo,
+    ) -> None:
+        """Called in the worker after the task failed and its failure was stored."""
+
+    def on_retry(
+        self,
+        exc: BaseException | None,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        einfo: ExceptionInfo,
+    ) -> None:
+        """Called in the worker when the task is to be retried (``exc`` is why)."""
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        einfo: ExceptionInfo | None,
+    ) -> None:
+        """Called in the worker after a task succeeded or failed (``einfo`` is None,
+        as in Celery); not after a retry, a rejection or an ignored task."""
+
+    def overrides(self, handler: str) -> bool:
+        """Whether this task's class defines its own ``handler`` (one of Celery's, or
+        ``__call__``): the worker calls only those."""
+        return handler in self.own_handlers
+
+    # -- state of the running task ----------------------------------------------
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
+    ) -> None:
+        """Store ``state`` (a custom one, e.g. PROGRESS) with ``meta`` as the task's result
+        until it finishes: ``AsyncResult.state`` and ``.info`` read it, here and from
+        Celery clients. ``task_id`` defaults to the running task's."""
+        run_sync(lambda: self.aupdate_state(task_id, state, meta, **kwargs))
+
+    async def aupdate_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
+    ) -> None:
+        """:meth:`update_state` for ``async def`` tasks.
+
+        Written with this attempt's fence, so a worker that lost its lease
+        cannot turn the task's stored outcome back into progress.
+        """
+        request = self.request
+        own = task_id is None or task_id == request.id
+        task_id = task_id if task_id is not None else request.id
+        if task_id is None:
+            raise RuntimeError("update_state() without task_id works only inside a running task")
+        fields = request.result_fields(self.app.conf.result_extended) if own else {}
+        record = ResultMeta(
+            task_id, state or states.PENDING, meta, kwargs.get("traceback"), extra=fields
+        )
+        fence = request.fence() if own and not request.is_eager else None
+        backend = await self.app.connections().abackend()
+        await backend.store(record, reply_to=request.reply_to if own else None, fence=fence)
 
     # -- sending ------------------------------------------------------------
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
@@ -187,7 +315,7 @@ class Task(Generic[P, R]):
 
     def _inherit_from_current(self, opts: SendOptions) -> None:
         """A task sent from inside a task is its child (root/parent ids)."""
-        parent = current_request.get()
+        parent = running_request()
         if parent.id is not None and not parent.is_eager:
             if opts.parent_id is None:
                 opts.parent_id = parent.id
@@ -215,38 +343,7 @@ class Task(Generic[P, R]):
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         if self.typing:
             self.check_arguments(args, kwargs)
-        task_id = options.get("task_id") or str(uuid.uuid4())
-        retries = int(options.get("retries", 0))
-        while True:
-            request = Request(
-                id=task_id,
-                task=self.name,
-                args=args,
-                kwargs=kwargs,
-                retries=retries,
-                is_eager=True,
-                root_id=task_id,
-                hostname="eager",
-            )
-            outcome = self._run_eagerly(request)
-            if not _retries_eagerly(self, outcome, retries):
-                break
-            retries += 1
-            if isinstance(outcome.exc, Retry):
-                args = outcome.exc.new_args if outcome.exc.new_args is not None else args
-                kwargs = outcome.exc.new_kwargs if outcome.exc.new_kwargs is not None else kwargs
-        if outcome.state == states.FAILURE and outcome.exc is not None:
-            if self.app.conf.task_eager_propagates or options.get("throw"):
-                raise outcome.exc
-            meta = ResultMeta.of_error(task_id, states.FAILURE, outcome.exc, outcome.traceback)
-        else:
-            meta = ResultMeta(task_id, outcome.state, outcome.value, date_done=utcnow_iso())
-        return EagerResult(task_id, self.app, meta, self.name)
-
-    def _run_eagerly(self, request: Request) -> Outcome:
-        if self.is_async:
-            return run_sync(lambda: call_async(self, request))
-        return call_sync(self, request)
+        return apply_eagerly(self, args, kwargs, options)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, self.app, self.name)
@@ -254,19 +351,19 @@ class Task(Generic[P, R]):
     # -- signatures ----------------------------------------------------------
     def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """A signature of this task with these (partial) arguments."""
-        return Signature(self.name, args, kwargs, app=self.app)
+        return self.signature(args, kwargs)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """An immutable signature: a callback's parent result is not prepended."""
-        return Signature(self.name, args, kwargs, immutable=True, app=self.app)
+        return self.signature(args, kwargs, immutable=True)
 
     def signature(
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        self, args: Sequence[Any] | None = None, *starargs: Any, **starkwargs: Any
     ) -> Signature[R]:
-        return Signature(self.name, args, kwargs, options, app=self.app)
+        """Celery's: :class:`Signature`'s arguments after the task (``kwargs``,
+        ``options``, ``immutable``, ...), options also as keyword arguments."""
+        starkwargs.setdefault("app", self.app)
+        return Signature(self, args, *starargs, **starkwargs)
 
     subtask = signature
 
@@ -300,6 +397,8 @@ class Task(Generic[P, R]):
         :class:`MaxRetriesExceededError`, as Celery does.
         """
         request = self.request
+        if request.called_directly:  # as Celery: nothing to retry, so raise the reason
+            raise exc if exc is not None else Retry("Task can be retried", None)
         limit = self.max_retries if max_retries is None else max_retries
         if limit is not None and request.retries >= limit:
             if exc is not None:
@@ -352,18 +451,31 @@ class AsyncTask(Task[P, R]):
     """A task whose function is ``async def``: calling it gives a coroutine."""
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        return self.run(*args, **kwargs)
+        return self._call_directly(self._direct_request(current_request.get(), args, kwargs))
+
+    async def _call_directly(self, request: Request) -> Any:
+        token = current_request.set(request)
+        try:
+            return await self.run(*request.args, **request.kwargs)
+        finally:
+            current_request.reset(token)
 
 
-def _retries_eagerly(task: Task[Any, Any], outcome: Outcome, retries: int) -> bool:
-    """Eager mode retries at once: on ``self.retry()``, or an ``autoretry_for`` error."""
-    if outcome.state == states.RETRY:
-        return True
-    return (
-        outcome.state == states.FAILURE
-        and outcome.exc is not None
-        and autoretry_countdown(task, outcome.exc, retries) is not None
-    )
+_HANDLERS = ("before_start", "on_success", "on_failure", "on_retry", "after_return", "__call__")
+
+
+def _defines(cls: type[Task[Any, Any]], handler: str) -> bool:
+    return getattr(cls, handler) not in (getattr(Task, handler), getattr(AsyncTask, handler))
+
+
+def task_class(base: object, fn: Callable[..., Any]) -> type[Task[Any, Any]]:
+    """The class of the task made of ``fn``: ``base`` (``@app.task(base=MyTask)``, a
+    subclass of :class:`Task`) or, without one, ``Task`` or ``AsyncTask`` as ``fn`` is."""
+    if base is None or base is Task or base is AsyncTask:
+        return AsyncTask if inspect.iscoroutinefunction(fn) else Task
+    if isinstance(base, type) and issubclass(base, Task):
+        return base
+    raise ConfigurationError(f"base= takes a subclass of celeriac.Task, not {base!r}")
 
 
 def _call_signature(fn: Callable[..., Any], bind: bool) -> inspect.Signature | None:

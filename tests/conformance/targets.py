@@ -41,6 +41,11 @@ def _redis_url(tmp_path: Path) -> str:
     return redis_url()
 
 
+def _redis_kombu_url(tmp_path: Path) -> str:
+    """As ``_redis_url``, on kombu's layout, with a 1 s visibility timeout (see LEASE)."""
+    return redis_url() + "&layout=kombu&visibility_timeout=1"
+
+
 def _amqp_url(tmp_path: Path) -> str:
     """RabbitMQ, names prefixed for this test alone; skips (fails under CI) without it."""
     return rabbitmq_url()
@@ -55,6 +60,7 @@ BROKERS: list[Target] = [
     Target("memory", _memory_url, peer="thread"),
     Target("sqlite", _sqlite_url, peer="process"),
     Target("redis", _redis_url, peer="process"),
+    Target("redis-kombu", _redis_kombu_url, peer="process"),
     Target("amqp", _amqp_url, peer="process"),
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import random
 import sys
 import time
 import uuid
@@ -16,7 +17,7 @@ import pytest
 
 from celeriac import errors, states
 from celeriac.backends import BackendOptions, ResultBackend, backend_from_url
-from celeriac.backends.base import ResultMeta
+from celeriac.backends.base import ChordJoin, ResultMeta
 
 from . import peer_store
 from .peer_store import store_after
@@ -305,6 +306,58 @@ async def test_claims_and_members_expire(connect: Connect) -> None:
     await asyncio.sleep(0.3)
     assert await backend.claim(name), "an expired claim can be made again"
     assert await backend.mark_done(group, "b") == 1, "expired members no longer count"
+
+
+async def header_task_ends(
+    backend: ResultBackend, group_id: str, index: int, part: ResultMeta
+) -> ChordJoin | None:
+    """What a worker does when a chord's header task ends: store its result, return the part."""
+    await backend.store(part)
+    return await backend.chord_part_return(group_id, index, part)
+
+
+async def send_chord(backend: ResultBackend, size: int) -> tuple[str, list[str]]:
+    """What a client does before it sends a chord's header: save the group, set the size."""
+    group_id, ids = new_id(), [new_id() for _ in range(size)]
+    await backend.save_group(group_id, ids)
+    await backend.set_chord_size(group_id, size)
+    return group_id, ids
+
+
+async def test_a_chord_joins_once_in_group_order_however_its_parts_arrive(
+    connect: Connect,
+) -> None:
+    client, *workers = [await connect(None) for _ in range(3)]
+    group_id, ids = await send_chord(client, 30)
+    deliveries = [(i, meta(t, states.SUCCESS, result=i * 2)) for i, t in enumerate(ids)]
+    deliveries += deliveries[:10]  # redelivered: each counts once
+    random.shuffle(deliveries)
+
+    joins = await asyncio.gather(
+        *(header_task_ends(workers[n % 2], group_id, i, m) for n, (i, m) in enumerate(deliveries))
+    )
+
+    (join,) = [j for j in joins if j is not None]
+    assert (join.values, join.error) == ([i * 2 for i in range(30)], None)
+    assert await workers[0].hold_chord(join)
+    await workers[0].release_chord(join)
+    late = await header_task_ends(workers[1], group_id, 3, meta(ids[3], states.SUCCESS, result=6))
+    assert late is None, "a duplicate after the body was sent does not complete the chord again"
+
+
+async def test_a_failed_header_task_fails_the_join_once(connect: Connect) -> None:
+    client, worker = await connect(None), await connect(None)
+    group_id, ids = await send_chord(client, 5)
+    parts = [meta(t, states.SUCCESS, result=i) for i, t in enumerate(ids)]
+    parts[2] = ResultMeta.of_error(ids[2], states.FAILURE, ValueError("no stock"))
+
+    joins = [await header_task_ends(worker, group_id, i, m) for i, m in enumerate(parts)]
+
+    (join,) = [j for j in joins if j is not None]
+    assert isinstance(join.error, errors.ChordError) and join.values == []
+    assert str(join.error) == f"Dependency {ids[2]} raised ValueError('no stock')"
+    await worker.release_chord(join)
+    assert await header_task_ends(worker, group_id, 4, parts[4]) is None
 
 
 async def test_store_many_round_trips(backend: ResultBackend) -> None:

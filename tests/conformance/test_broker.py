@@ -29,10 +29,33 @@ OPTIONS = BrokerOptions(
 )
 EMPTY = QueueStats(ready=0, delayed=0, reserved=0)
 
+_KOMBU_ETA = (
+    "kombu's layout keeps a delayed message in its queue's list with an eta header "
+    "(Celery's workers take it and hold it until due): stats counts it as ready"
+)
+_KOMBU_PRIORITY = (
+    "kombu's Redis transport serves priority 0 first, in steps 0/3/6/9 that keep publish "
+    "order: celeriac must read the lists in the order Celery's workers do"
+)
+GAPS: dict[tuple[str, str], str] = {
+    ("redis-kombu", "test_requeue_with_delay"): (
+        "kombu's layout has no delayed set: a hand-back with a delay waits in the consumer, "
+        "unacked, as Celery's worker holds an ETA task; stats cannot tell it from reserved"
+    ),
+    ("redis-kombu", "test_not_before_is_honoured_in_order"): _KOMBU_ETA,
+    ("redis-kombu", "test_purge_and_stats"): _KOMBU_ETA,
+    ("redis-kombu", "test_priority_order"): _KOMBU_PRIORITY,
+    ("redis-kombu", "test_out_of_range_priorities_clamp"): _KOMBU_PRIORITY,
+}
+"""(target, test) -> why that broker's design cannot meet the row: it runs as a strict xfail."""
+
 
 @pytest.fixture(params=BROKERS, ids=lambda case: case.name)
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     case: Target = request.param
+    gap = GAPS.get((case.name, request.node.originalname))
+    if gap is not None:
+        request.applymarker(pytest.mark.xfail(reason=gap, strict=True))
     return case.make_url(tmp_path)
 
 

@@ -1,7 +1,7 @@
 """The RabbitMQ broker (``amqp://``, ``amqps://``) on aio-pika.
 
 Beside it: ``consumer.py`` (fetching, settling) and ``wire.py`` (URLs,
-connections, messages as AMQP properties), which list no other names.
+connections, messages as AMQP properties).
 
 URL: ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS, with
 ``?cafile=...`` and the other ``wire.DRIVER_OPTIONS``; the default vhost ``/`` is
@@ -10,46 +10,12 @@ written ``//`` or left out, as in kombu). Options, in
 ``queue_type="quorum"`` (quorum queues; default classic), ``prefix="t1."``
 (put before every name celeriac declares; for tests), ``plain_queues``
 (queues declared exactly as Celery declares them; default ``celery``; a list,
-or ``a,b`` in the query).
+or ``a,b`` in the query), ``bindings`` (queue -> ``exchange``, ``type``,
+``routing_key``, ``auto_delete``: how a queue is bound instead of to the
+exchange of its own name; the app sets it from ``task_queues``).
 Needs RabbitMQ 3.10+ and ``pip install 'celeriac[amqp]'``.
 
-Names (``P`` = the prefix, empty by default; ``N`` = ``DELAY_LEVELS``):
-
-``P<queue>``, queue, durable: the task queue, bound to exchange ``P<queue>``
-    (direct, durable) with routing key ``<queue>``, as Celery's autoexchange
-    declares it (for ``celery``: exchange ``celery``, routing key ``celery``).
-    Arguments: none for the *plain* queues (``celery`` unless configured), so
-    Celery peers declare the same queue without PRECONDITION_FAILED; otherwise
-    ``x-max-priority: 10`` (classic) or ``x-queue-type: quorum`` with
-    ``x-delivery-limit`` (quorum). A queue that already exists is used as it
-    is, whoever declared it (a passive declare comes first). Messages are
-    published to the default exchange with the queue's name as routing key.
-    Lifetime: as long as RabbitMQ keeps it (durable).
-``Pceleriac.delay.<i>``, exchange (topic, durable), ``i`` in ``0..N-1``: the
-    delay ladder. A message due in ``d`` ms is published to level ``N-1`` with
-    the routing key ``b(N-1). ... .b(0).<queue>`` (``d`` in binary, highest
-    bit first). Level ``i`` routes ``...1...`` (bit ``i`` set) to the queue
-    ``Pceleriac.delay.<queue>.<i>`` and ``...0...`` on to level ``i-1``.
-``Pceleriac.delay.<queue>.<i>``, queue, durable, ``x-message-ttl: 2**i`` ms,
-    dead-lettering into level ``i-1`` (level 0: into
-    ``Pceleriac.delay.deliver``). Every message in it has the same TTL, so it
-    expires in order and never waits behind a longer one. Lifetime: durable;
-    a message stays at most ``2**i`` ms.
-``Pceleriac.delay.deliver``, exchange (topic, durable): routes a message that
-    climbed down the ladder to ``P<queue>`` by the routing key's last word.
-``Pceleriac.dead``, queue, durable, no TTL: dead letters of every queue; each
-    carries ``x-celeriac-dead`` (queue, reason, count, time, id). Lifetime:
-    until requeued or purged.
-
-Headers celeriac adds (and removes again before a message is handed out):
-``x-celeriac-deliveries`` (the delivery count the next delivery reports;
-absent: 1), ``x-celeriac-not-before`` (UNIX time in ms; a message that arrives
-earlier, e.g. beyond the ladder's range, goes round again),
-``x-celeriac-properties`` (JSON of properties AMQP has no field for),
-``x-celeriac-headers`` (JSON of the headers when a float in them would lose
-precision: pamqp encodes floats as 32-bit). RabbitMQ's
-``x-death``, ``x-first-death-*``, ``x-last-death-*`` and ``x-delivery-count``
-are removed too.
+Names and headers: listed in the package's docstring (:mod:`celeriac.amqp`).
 
 Mechanism:
 
@@ -93,11 +59,13 @@ from ..protocol import Message, Outgoing
 from ..url_schemes import redact_url
 from .consumer import AmqpConsumer
 from .wire import (
+    Binding,
     Send,
     dead_letter_of,
     dead_properties,
     open_connection,
     publish_confirmed,
+    route_of,
     split_url,
     spread,
     to_properties,
@@ -153,6 +121,11 @@ class AmqpBroker(Broker):
         plain = settings.get("plain_queues", "celery")
         names = plain.split(",") if isinstance(plain, str) else list(plain)
         self.plain_queues = frozenset(str(q) for q in names if q)
+        self.bindings: dict[str, Binding] = {
+            str(queue): Binding.of(spec)
+            for queue, spec in dict(settings.get("bindings") or {}).items()
+        }
+        self._exchanges: set[str] = set()
         self._connection: AbstractConnection | None = None
         self._publisher: AbstractChannel | None = None
         self._admin: AbstractChannel | None = None
@@ -187,6 +160,7 @@ class AmqpBroker(Broker):
                     await self._connection.close()
             self._declared.clear()
             self._delay_declared.clear()
+            self._exchanges.clear()
             self._ladder = False
             self._publisher = self._admin = None
             self._pool = []
@@ -246,14 +220,30 @@ class AmqpBroker(Broker):
         finally:
             with contextlib.suppress(Exception):
                 await probe.close()
+        binding = self.bindings.get(queue) or Binding(queue, "direct", queue, False)
         channel = await self._admin_channel()
         if not exists:
-            await channel.declare_queue(name, durable=True, arguments=self.queue_arguments(queue))
-        exchange = await channel.declare_exchange(name, "direct", durable=True)
+            await channel.declare_queue(
+                name,
+                durable=True,
+                auto_delete=binding.auto_delete,
+                arguments=self.queue_arguments(queue),
+            )
+        exchange = await self.declare_exchange(binding.exchange, binding.type)
         amqp_queue = await channel.get_queue(name, ensure=False)
-        await amqp_queue.bind(exchange, routing_key=queue)
+        await amqp_queue.bind(exchange, routing_key=binding.routing_key)
         self._declared.add(queue)
-        await self.declare_delays(queue)
+        if not binding.auto_delete:  # a broadcast queue lives with its worker: no delays
+            await self.declare_delays(queue)
+
+    async def declare_exchange(self, exchange: str, kind: str) -> str:
+        """Declare exchange ``P<exchange>`` (durable) once per connection; its name."""
+        name = self.name(exchange)
+        if name not in self._exchanges:
+            channel = await self._admin_channel()
+            await channel.declare_exchange(name, kind, durable=True)
+            self._exchanges.add(name)
+        return name
 
     async def _declare_ladder(self) -> None:
         if self._ladder:
@@ -316,7 +306,7 @@ class AmqpBroker(Broker):
     async def _publish(self, batch: Sequence[Outgoing]) -> None:
         try:
             await self.publish_all(batch)
-        except BrokerError:
+        except (BrokerError, ConfigurationError):
             raise
         except Exception as exc:
             if not self._alive():
@@ -331,20 +321,33 @@ class AmqpBroker(Broker):
         """Publish ``batch`` (declaring its queues), message ``i`` with the delivery
         count ``count[i]`` its next delivery reports (default 1); confirmed."""
         now = time.time()
-        for o in batch:
+        routes = [route_of(o.message) for o in batch]
+        for o, route in zip(batch, routes, strict=True):
             if o.not_before is not None and o.not_before > now:
+                if route is not None and route.type == "fanout":
+                    raise ConfigurationError(
+                        f"a broadcast (fanout exchange {route.exchange!r}) cannot be delayed"
+                    )
                 await self.declare_delays(o.queue)
+            elif route is not None:
+                await self.declare_exchange(route.exchange, route.type)
+                if route.type != "fanout":  # fanout: each worker's own queue gets a copy
+                    await self.declare(o.queue)
             else:
                 await self.declare(o.queue)
         sends: list[Send] = []
         top = self.name(f"{DELAY_PREFIX}{DELAY_LEVELS - 1}")
-        for i, o in enumerate(batch):
+        for i, (o, route) in enumerate(zip(batch, routes, strict=True)):
             n = count.get(i, 1) if count else 1
             properties = to_properties(o.message, o.priority, n, o.not_before)
             if o.not_before is not None and o.not_before > now:
                 delay_ms = min(math.ceil((o.not_before - now) * 1000), 2**DELAY_LEVELS - 1)
                 key = delay_routing_key(delay_ms, o.queue)
                 sends.append((top, key, o.message.body, properties))
+            elif route is not None:
+                sends.append(
+                    (self.name(route.exchange), route.routing_key, o.message.body, properties)
+                )
             else:
                 sends.append(("", self.name(o.queue), o.message.body, properties))
         await self.send(sends)

@@ -10,7 +10,9 @@ What AMQP cannot carry exactly travels beside it in ``x-celeriac-*`` headers
 (``HEADERS_HEADER``, the headers as JSON), properties beyond AMQP's own
 (``PROPERTIES_HEADER``), the delivery count of a classic queue
 (``COUNT_HEADER``) and a delayed message's due time (``NOT_BEFORE_HEADER``).
-A dead letter carries where it died in ``DEAD_HEADER``.
+A dead letter carries where it died in ``DEAD_HEADER``. A message routed
+through an exchange names it in its ``delivery_info`` property (kombu's
+place; see ``route_of``), which is not sent.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import asyncio
 import contextlib
 import math
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from pamqp.commands import Basic
 
 __all__ = [
+    "Binding",
     "COUNT_HEADER",
     "Send",
     "DEAD_HEADER",
@@ -46,6 +50,7 @@ __all__ = [
     "open_connection",
     "properties_class",
     "publish_confirmed",
+    "route_of",
     "split_url",
     "spread",
     "to_properties",
@@ -143,12 +148,43 @@ def _is_ours(name: str) -> bool:
     return name in _RABBIT_HEADERS or name.startswith(_RABBIT_PREFIXES)
 
 
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """An exchange, its type, and a routing key: how a queue is bound, or where a
+    message is published."""
+
+    exchange: str
+    type: str
+    routing_key: str
+    auto_delete: bool = False
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any]) -> Binding:
+        kind = str(spec.get("type") or "direct")
+        if kind not in ("direct", "topic", "fanout"):
+            raise ConfigurationError(f"exchange type must be direct, topic or fanout: {kind!r}")
+        return cls(
+            str(spec["exchange"]),
+            kind,
+            str(spec.get("routing_key") or ""),
+            bool(spec.get("auto_delete")),
+        )
+
+
+def route_of(message: Message) -> Binding | None:
+    """The exchange and routing key a message's ``delivery_info`` names, if any."""
+    info = message.properties.get("delivery_info")
+    if not isinstance(info, Mapping) or not info.get("exchange"):
+        return None
+    return Binding.of({**info, "type": info.get("exchange_type")})
+
+
 def to_properties(
     message: Message, priority: int, count: int, not_before: float | None
 ) -> Basic.Properties:
     """The AMQP properties (headers included) that carry ``message`` unchanged."""
     headers: dict[str, Any] = dict(message.headers)
-    props = message.properties
+    props = {k: v for k, v in message.properties.items() if k != "delivery_info"}
     if count != 1:
         headers[COUNT_HEADER] = count
     if not_before is not None:

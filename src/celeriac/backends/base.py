@@ -20,13 +20,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .. import states
-from ..errors import BackendError, TimeoutError
-from ..exception_codec import encode_exception
+from ..errors import BackendError, ChordError, TimeoutError
+from ..exception_codec import decode_exception, encode_exception
 from ..serialization import Codec, resolve_name
 from ..shared_storage import StorageWrite
 from ..url_schemes import redact_url
 
-__all__ = ["BackendOptions", "ResultBackend", "ResultMeta", "TASK_KEY_PREFIX"]
+__all__ = ["BackendOptions", "ChordJoin", "ResultBackend", "ResultMeta", "TASK_KEY_PREFIX"]
 
 TASK_KEY_PREFIX = "celery-task-meta-"
 GROUP_KEY_PREFIX = "celery-taskset-meta-"
@@ -105,6 +105,42 @@ class Changed:
     """A key's new value, as a store's wake-up delivered it (``_wait_changed``)."""
 
     value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChordJoin:
+    """What the one call that completed a chord gets back (``chord_part_return``).
+
+    ``values`` are the header's results in group order, for the body; when a
+    header task failed (or a result is missing), ``error`` says why the body
+    must fail instead, as Celery words it.
+    """
+
+    group_id: str
+    values: list[Any]
+    error: ChordError | None = None
+    token: str = ""
+    """The caller's hold on the chord, for stores that lease it (``hold_chord``)."""
+
+    @classmethod
+    def of(
+        cls, group_id: str, parts: Sequence[tuple[str, ResultMeta | None]], token: str = ""
+    ) -> ChordJoin:
+        """The join of ``(task id, final meta)`` pairs in group order: the values, or the
+        error of the first part that did not succeed."""
+        for task_id, meta in parts:
+            if meta is None or meta.status != states.SUCCESS:
+                return cls(group_id, [], _part_error(group_id, task_id, meta), token)
+        return cls(group_id, [meta.result for _, meta in parts if meta is not None], None, token)
+
+
+def _part_error(group_id: str, task_id: str, meta: ResultMeta | None) -> ChordError:
+    if meta is None or meta.status not in states.PROPAGATE_STATES:
+        return ChordError(f"chord {group_id}: no result for {task_id}")
+    cause = decode_exception(meta.result, meta.traceback)
+    error = ChordError(f"Dependency {task_id} raised {cause!r}")
+    error.__cause__ = cause
+    return error
 
 
 def _fence_of(meta: ResultMeta, fence: int | None) -> int | None:
@@ -253,6 +289,50 @@ class ResultBackend(ABC):
     async def claim(self, name: str) -> bool:
         """True for exactly one caller per ``name`` until it expires (fire a chord body once)."""
         return await self._add(CLAIM_PREFIX + name, b"", self.options.expires)
+
+    async def set_chord_size(self, group_id: str, size: int) -> None:  # noqa: B027 - optional
+        """Before a chord's header is sent: how many header results complete it.
+
+        Stores that speak Celery's chord protocol (Redis) keep it, as Celery's
+        client does; the others count to the length of the saved group.
+        """
+
+    async def chord_part_return(
+        self, group_id: str, group_index: int | None, meta: ResultMeta
+    ) -> ChordJoin | None:
+        """Record the final ``meta`` of the header task at ``group_index`` of chord
+        ``group_id``; return the join to the one call that completed the chord
+        (it sends or fails the body), None to every other call.
+
+        A duplicate (the same task delivered twice) never counts twice, and at
+        most one call gets a join. Here (stores with their own mechanism): a
+        success marks its id done and the call that brings the count to the
+        saved group's length claims the chord and reads the members' results; a
+        failure claims the chord at once, so the body fails without waiting.
+        """
+        if meta.status != states.SUCCESS:
+            if not await self.claim(f"chord-{group_id}"):
+                return None
+            return ChordJoin(group_id, [], _part_error(group_id, meta.task_id, meta))
+        done = await self.mark_done(group_id, meta.task_id)
+        ids = await self.restore_group(group_id)
+        if ids is not None and done < len(ids):
+            return None
+        if not await self.claim(f"chord-{group_id}"):
+            return None
+        if ids is None:
+            return ChordJoin(group_id, [], ChordError(f"chord {group_id}: its group was not saved"))
+        return ChordJoin.of(group_id, list(zip(ids, await self.get_many(ids), strict=True)))
+
+    async def hold_chord(self, join: ChordJoin) -> bool:
+        """Right before the body of ``join`` is sent: True if the caller still holds
+        the chord (it must not send otherwise). Stores whose claims are leases
+        renew it here; a claim that never lapses is always still held."""
+        return True
+
+    async def release_chord(self, join: ChordJoin) -> None:  # noqa: B027 - optional
+        """The body of ``join`` was sent or failed: the chord is over, so a late
+        duplicate of a header task can never complete it again."""
 
     async def get(self, task_id: str) -> ResultMeta | None:
         """The stored meta, or None when the store has never seen the id."""

@@ -7,11 +7,12 @@
 - A **group** sends every member at once, each with the ``group`` id and
   ``group_index`` headers, and saves the member ids in the result store so a
   :class:`GroupResult` can be restored by id.
-- A **chord** is a group whose members carry the body in the ``chord`` field
-  (with ``chord_size``). Each header task that succeeds marks itself done in
-  the result store; the one that completes the count claims the chord and
-  sends the body with the header results in order (``worker/middleware/chords.py``).
-  Counting is by distinct task id, so a header task delivered twice counts once.
+- A **chord** is a group whose members carry the body in the ``chord`` field.
+  Before the header goes out, the result store is told its size (on Redis,
+  Celery's ``.s`` key); each header task's final state goes to the store,
+  and the one that completes the chord sends the body with the header
+  results in group order (``worker/middleware/chords.py``). A header task
+  delivered twice counts once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..protocol import Outgoing
 from ..result import AsyncResult, GroupResult
 from ..sending import publish
-from .signature import Signature, maybe_signature
+from .signature import Signature, as_signature_list, maybe_signature, shortened
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -71,12 +72,37 @@ class chain(Signature[Any]):  # noqa: N801 - Celery's name
     def tasks(self) -> list[Signature[Any]]:
         return _signatures(self["kwargs"]["tasks"], self._app)
 
+    def _known_app(self) -> Celeriac | None:
+        """The app given, else the first task's, as in Celery."""
+        return self._app or _first_known(self.tasks[:1])
+
     def __or__(self, other: Signature[Any]) -> Signature[Any]:  # type: ignore[override]
         return chain(*self.tasks, other, app=self._app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """``chain(...)()`` sends it, as in Celery."""
         return self.apply_async(args, kwargs)
+
+    def __repr__(self) -> str:
+        tasks = self.tasks
+        if not tasks:
+            return f"<chain@{id(self):#x}: empty>"
+        return shortened(tasks[0].task, " | ".join(repr(t) for t in tasks))
+
+    def clone(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature[Any]:
+        """A copy; partial ``args`` go to the first task when sent, ``kwargs`` to it now
+        (Celery's ``chain.run``), options to the chain."""
+        new = super().clone(args, None, **options)
+        if kwargs and not self.immutable:
+            steps = _signatures(new["kwargs"]["tasks"], self._app)
+            steps[0] = steps[0].clone(None, kwargs)
+            new["kwargs"]["tasks"] = steps
+        return new
 
     def _steps(self) -> list[Signature[Any]]:
         """The steps, with a group followed by a task turned into a chord."""
@@ -122,10 +148,22 @@ class chain(Signature[Any]):  # noqa: N801 - Celery's name
         if not steps:
             raise ValueError("an empty chain has nothing to run")
         options = {k: v for k, v in self["options"].items() if k != "task_id"}
-        rest = [dict(step) for step in reversed(steps[1:])]
+        _link_steps(steps, options.pop("link", None), options.pop("link_error", None), app)
+        after = list(options.pop("chain", None) or ())  # what follows this chain, reversed
+        rest = after + [dict(step) for step in reversed(steps[1:])]
         first = steps[0].clone(self["args"], None, **options, chain=rest or None)
         await first.asend(app)
         return result
+
+
+def _link_steps(steps: list[Signature[Any]], link: Any, link_error: Any, app: Celeriac) -> None:
+    """A chain's ``link`` callbacks follow its last step; its ``link_error`` errbacks
+    are on every step, whichever fails (as Celery's ``chain.run`` does)."""
+    if callbacks := as_signature_list(link, app):
+        steps[-1]["options"].setdefault("link", []).extend(callbacks)
+    for errback in as_signature_list(link_error, app) or ():
+        for step in steps:
+            step["options"].setdefault("link_error", []).append(errback)
 
 
 class group(Signature[Any]):  # noqa: N801 - Celery's name
@@ -150,8 +188,51 @@ class group(Signature[Any]):  # noqa: N801 - Celery's name
     def tasks(self) -> list[Signature[Any]]:
         return _signatures(self["kwargs"]["tasks"], self._app)
 
+    def _known_app(self) -> Celeriac | None:
+        """The app given, else the first task's, as in Celery."""
+        return self._app or _first_known(self.tasks[:1])
+
     def __len__(self) -> int:
         return len(self["kwargs"]["tasks"])
+
+    def __repr__(self) -> str:
+        tasks = self.tasks
+        return shortened(tasks[0].task, f"group({tasks!r})") if tasks else "group(<empty>)"
+
+    def clone(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature[Any]:
+        """A copy; partial ``args`` go to every member when sent, ``kwargs`` to each
+        now (Celery's ``group.apply_async``), options to the group."""
+        new = super().clone(args, None, **options)
+        if kwargs and not self.immutable:
+            members = _signatures(new["kwargs"]["tasks"], self._app)
+            new["kwargs"]["tasks"] = [member.clone(None, kwargs) for member in members]
+        return new
+
+    def link(self, callback: Signature[Any]) -> Signature[Any]:
+        """Celery's: the callback follows the *first* member only, immutable (it
+        cannot get every member's value: use a chord for that)."""
+        return self.tasks[0].link(callback.clone().set(immutable=True))
+
+    def link_error(self, errback: Signature[Any]) -> Signature[Any]:
+        """Celery's: any member may fail, so each gets a copy of the errback."""
+        for member in self.tasks:
+            member.link_error(errback.clone())
+        return errback
+
+    def skew(self, start: float = 1.0, stop: float | None = None, step: float = 1.0) -> group:
+        """Stagger the members: ``countdown`` ``start``, ``start + step``, ... (at most
+        ``stop``), as Celery's ``group.skew``."""
+        countdown = start
+        for member in self.tasks:
+            member.set(countdown=countdown)
+            if stop is None or countdown + step <= stop:
+                countdown += step
+        return self
 
     def freeze(self, _id: str | None = None) -> GroupResult:  # type: ignore[override]
         options = self["options"]
@@ -169,6 +250,7 @@ class group(Signature[Any]):  # noqa: N801 - Celery's name
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> GroupResult:
+        _no_links(options)
         result: GroupResult = super().apply_async(args, kwargs, **options)  # type: ignore[assignment]
         return result
 
@@ -178,6 +260,7 @@ class group(Signature[Any]):  # noqa: N801 - Celery's name
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> GroupResult:
+        _no_links(options)
         result: GroupResult = await super().aapply_async(args, kwargs, **options)  # type: ignore[assignment]
         return result
 
@@ -209,8 +292,22 @@ class group(Signature[Any]):  # noqa: N801 - Celery's name
             await publish(app, batch)
         return result
 
-    def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:
-        return self.apply_async(args, kwargs)
+    def __call__(self, *args: Any, **options: Any) -> GroupResult:
+        """``group(...)(*args, **options)`` sends it, as in Celery (keywords are options)."""
+        return self.apply_async(args, **options)
+
+
+def _no_links(options: Mapping[str, Any]) -> None:
+    """Celery's rule: a group sent with ``link``/``link_error`` is refused."""
+    if options.get("link") is not None:
+        raise TypeError("Cannot add link to group: use a chord")
+    if options.get("link_error") is not None:
+        raise TypeError("Cannot add link to group: do that on individual tasks")
+
+
+def _first_known(members: Iterable[Signature[Any]]) -> Celeriac | None:
+    """The app of the first of ``members`` that knows one: a flow sends where its tasks live."""
+    return next((app for m in members if (app := m._known_app()) is not None), None)
 
 
 def _into_group(member: Signature[Any], group_id: str, index: int) -> None:
@@ -267,6 +364,23 @@ class chord(Signature[Any]):  # noqa: N801 - Celery's name
     def body(self) -> Signature[Any] | None:
         return maybe_signature(self["kwargs"]["body"], self._app)
 
+    def __repr__(self) -> str:
+        """Celery's: ``%xsum([add(1, 1), add(2, 2)])``."""
+        body, header = self.body, self.header.tasks
+        if body is None:
+            return f"<chord without body: {header!r}>"
+        if isinstance(body, chain):
+            first, rest = body.tasks[0], chain(body.tasks[1:], app=self._app)
+            return shortened(first.task, f"%({first.reprcall(header)} | {rest!r})")
+        return "%" + shortened(body.task, body.reprcall(header))
+
+    def _known_app(self) -> Celeriac | None:
+        """The app given, else the first header task's, else the body's, as in Celery."""
+        body = self.body
+        return self._app or _first_known(
+            [*self.header.tasks[:1], *([body] if body is not None else [])]
+        )
+
     def __call__(self, body: Any = None, **options: Any) -> AsyncResult[Any]:
         """``chord(header)(body)``: send it, as Celery's shorthand does."""
         made = chord(self.header, body if body is not None else self.body, app=self._app)
@@ -280,7 +394,6 @@ class chord(Signature[Any]):  # noqa: N801 - Celery's name
         group_id = self["options"].get("group_id") or str(uuid.uuid4())
         header_result = header.freeze(group_id)
         body_result = body.freeze(_id or self["options"].get("task_id"))
-        body["chord_size"] = len(header)
         body_result.parent = header_result
         self["kwargs"]["header"], self["kwargs"]["body"] = header, body
         self["options"]["group_id"] = group_id
@@ -314,5 +427,6 @@ class chord(Signature[Any]):  # noqa: N801 - Celery's name
             target = member["kwargs"]["tasks"][-1] if isinstance(member, chain) else member
             target["options"]["chord"] = embedded
         header["args"] = list(self["args"]) + list(header["args"])
+        await (await app.abackend()).set_chord_size(self["options"]["group_id"], len(header))
         await header.asend(app)
         return result

@@ -8,9 +8,10 @@ messages are the same as Celery's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..result import GroupResult
 from .flows import group as _group
 from .signature import Signature
 
@@ -25,11 +26,13 @@ class xmap(Signature[list[Any]]):  # noqa: N801 - Celery's name
 
     subtask_type = "xmap"
     builtin = "celery.map"
+    star = ""
 
     def __init__(
         self, task: Signature[Any], it: Iterable[Any], app: Celeriac | None = None, **options: Any
     ):
         kwargs = {"task": dict(task), "it": list(it)}
+        app = task._known_app() if app is None else app  # the task's app, as a flow's
         super().__init__(self.builtin, (), kwargs, options, immutable=True, app=app)
 
     @classmethod
@@ -45,12 +48,16 @@ class xmap(Signature[list[Any]]):  # noqa: N801 - Celery's name
     def is_plain(self) -> bool:
         return True  # one message to one built-in task
 
+    def __repr__(self) -> str:
+        return f"[{self['kwargs']['task']['task']}({self.star}x) for x in {self['kwargs']['it']!r}]"
+
 
 class xstarmap(xmap):  # noqa: N801 - Celery's name
     """``task.starmap(items)``: ``[task(*args) for args in items]`` in one call."""
 
     subtask_type = "xstarmap"
     builtin = "celery.starmap"
+    star = "*"
 
 
 class chunks(Signature[list[list[Any]]]):  # noqa: N801 - Celery's name
@@ -69,6 +76,7 @@ class chunks(Signature[list[list[Any]]]):  # noqa: N801 - Celery's name
         if n < 1:
             raise ValueError("chunks need n >= 1")
         kwargs = {"task": dict(task), "it": [list(args) for args in it], "n": n}
+        app = task._known_app() if app is None else app  # the task's app, as a flow's
         super().__init__("celery.chunks", (), kwargs, options, immutable=True, app=app)
 
     @classmethod
@@ -78,11 +86,45 @@ class chunks(Signature[list[list[Any]]]):  # noqa: N801 - Celery's name
             Signature(kw["task"]), kw["it"], int(kw["n"]), app, **(data.get("options") or {})
         )
 
+    def __repr__(self) -> str:
+        kw = self["kwargs"]
+        return f"celery.chunks(task={Signature(kw['task'])!r}, it={kw['it']!r}, n={kw['n']})"
+
     def group(self) -> _group:
+        """The group of ``celery.starmap`` calls this stands for, one per slice."""
         task: Signature[Any] = Signature(self["kwargs"]["task"], app=self._app)
         items, n = self["kwargs"]["it"], self["kwargs"]["n"]
         parts = [xstarmap(task, items[i : i + n], app=self._app) for i in range(0, len(items), n)]
         return _group(parts, app=self._app, **self["options"])
+
+    # Sent, run or called, chunks are their group, as in Celery's client.
+    def apply_async(  # type: ignore[override]
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> GroupResult:
+        return self.group().apply_async(args, kwargs, **options)
+
+    async def aapply_async(  # type: ignore[override]
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> GroupResult:
+        return await self.group().aapply_async(args, kwargs, **options)
+
+    def apply(  # type: ignore[override]
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> GroupResult:
+        return self.group().apply(args, kwargs, **options)
+
+    def __call__(self, **options: Any) -> GroupResult:
+        """``task.chunks(it, n)()`` sends the group, as in Celery."""
+        return self.apply_async(**options)
 
     def freeze(self, _id: str | None = None) -> Any:
         return self.group().freeze(_id)

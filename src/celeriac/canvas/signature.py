@@ -43,14 +43,20 @@ class Signature(dict[str, Any], Generic[R]):
 
     def __init__(
         self,
-        task: str | Mapping[str, Any],
+        task: str | Mapping[str, Any] | Task[Any, Any],
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
-        *,
+        type: Task[Any, Any] | None = None,
+        subtask_type: str | None = None,
         immutable: bool = False,
         app: Celeriac | None = None,
+        **ex: Any,
     ):
+        """Celery's arguments: a task name (or the task itself, or a dict read off
+        the wire); options as ``options=`` or as keyword arguments
+        (``signature("tasks.add", (2, 2), countdown=10)``)."""
+        self._type = type
         if isinstance(task, Mapping):
             source = task
             super().__init__(
@@ -63,12 +69,16 @@ class Signature(dict[str, Any], Generic[R]):
                 chord_size=source.get("chord_size"),
             )
         else:
+            if not isinstance(task, str):  # the task itself: its name, its app
+                self._type = task
+                app = task.app if app is None else app
+                task = task.name
             super().__init__(
                 task=task,
                 args=list(args or ()),
                 kwargs=dict(kwargs or {}),
-                options=dict(options or {}),
-                subtask_type=self.subtask_type,
+                options={**(options or {}), **ex},
+                subtask_type=subtask_type or self.subtask_type,
                 immutable=immutable,
                 chord_size=None,
             )
@@ -78,8 +88,12 @@ class Signature(dict[str, Any], Generic[R]):
         """Copies the call, shares the app (which holds locks and connections)."""
         new = type(self).__new__(type(self))
         dict.__init__(new, {k: copy.deepcopy(v, memo) for k, v in self.items()})
-        new._app = self._app
+        new._app, new._type = self._app, self._type
         return new
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as Celery's does: the dict (the app and task are found again on load)."""
+        return signature, (dict(self),)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], app: Celeriac | None = None) -> Signature[Any]:
@@ -93,26 +107,44 @@ class Signature(dict[str, Any], Generic[R]):
     def _from_wire(cls, data: Mapping[str, Any], app: Celeriac | None) -> Signature[Any]:
         return Signature(data, app=app)
 
-    # -- fields ----------------------------------------------------------------
+    # -- fields: read and set as in Celery (``sig.args = (1,)``, ``sig.options.update()``)
     @property
     def task(self) -> str:
         return str(self["task"])
 
     @property
-    def args(self) -> list[Any]:
-        return list(self["args"])
+    def args(self) -> tuple[Any, ...]:
+        return tuple(self["args"])
+
+    @args.setter
+    def args(self, value: Sequence[Any]) -> None:
+        self["args"] = list(value)
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return dict(self["kwargs"])
+        kwargs: dict[str, Any] = self["kwargs"]
+        return kwargs
+
+    @kwargs.setter
+    def kwargs(self, value: Mapping[str, Any]) -> None:
+        self["kwargs"] = dict(value)
 
     @property
     def options(self) -> dict[str, Any]:
-        return dict(self["options"])
+        options: dict[str, Any] = self["options"]
+        return options
+
+    @options.setter
+    def options(self, value: Mapping[str, Any]) -> None:
+        self["options"] = dict(value)
 
     @property
     def immutable(self) -> bool:
         return bool(self["immutable"])
+
+    @immutable.setter
+    def immutable(self, value: bool) -> None:
+        self["immutable"] = value
 
     @property
     def id(self) -> str | None:
@@ -120,8 +152,28 @@ class Signature(dict[str, Any], Generic[R]):
         return str(task_id) if task_id else None
 
     @property
+    def name(self) -> str:
+        """The task's name (Celery's, for duck typing with ``Task.name``)."""
+        return self.task
+
+    @property
+    def type(self) -> Task[Any, R]:
+        """The task this signature calls, looked up in its app (Celery's ``sig.type``)."""
+        task: Task[Any, R] = self._type if self._type is not None else self.app.get_task(self.task)
+        return task
+
+    @property
     def app(self) -> Celeriac:
-        return current_app() if self._app is None else self._app
+        """The app given (or the task's), else the current one. A chain, group or
+        chord without one takes its first task's, as in Celery (``_known_app``)."""
+        known = self._known_app()
+        return current_app() if known is None else known
+
+    def _known_app(self) -> Celeriac | None:
+        """The app this signature names, without falling back to the current one."""
+        if self._app is not None:
+            return self._app
+        return self._type.app if self._type is not None else None
 
     # -- building ----------------------------------------------------------------
     def clone(
@@ -132,10 +184,29 @@ class Signature(dict[str, Any], Generic[R]):
     ) -> Signature[R]:
         """A copy; ``args`` are prepended (unless immutable), kwargs and options merged."""
         new = type(self).from_dict(copy.deepcopy(dict(self)), self._app)
+        new._type = self._type
         if not self.immutable:
             new["args"] = list(args or ()) + new["args"]
             new["kwargs"].update(kwargs or {})
         new["options"].update(options)
+        return new
+
+    partial = clone
+
+    def replace(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Signature[R]:
+        """A copy with ``args``, ``kwargs`` or ``options`` replaced (those not None)."""
+        new = self.clone()
+        if args is not None:
+            new.args = args
+        if kwargs is not None:
+            new.kwargs = kwargs
+        if options is not None:
+            new.options = options
         return new
 
     def set(self, immutable: bool | None = None, **options: Any) -> Signature[R]:
@@ -155,6 +226,11 @@ class Signature(dict[str, Any], Generic[R]):
         self["options"].setdefault("link_error", []).append(errback)
         return errback
 
+    def on_error(self, errback: Signature[Any]) -> Signature[R]:
+        """``link_error`` that returns this signature: ``add.s(2, 2).on_error(cb.s()).delay()``."""
+        self.link_error(errback)
+        return self
+
     def freeze(self, _id: str | None = None) -> AsyncResult[R]:
         """Fix the task id now (so results can be known before sending)."""
         options = self["options"]
@@ -169,6 +245,10 @@ class Signature(dict[str, Any], Generic[R]):
 
     def __ror__(self, other: Signature[Any]) -> Signature[Any]:  # type: ignore[override]
         return _chain_of(other, self, self._app)
+
+    def __invert__(self) -> Any:
+        """``~sig``: send it and wait for its result (Celery's shorthand)."""
+        return self.apply_async().get()
 
     # -- sending -------------------------------------------------------------------
     def apply_async(
@@ -226,10 +306,12 @@ class Signature(dict[str, Any], Generic[R]):
         return await self.aapply_async(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the task's function here, with the signature's arguments first."""
-        task = self.app.get_task(self.task)
-        args = (*self["args"], *args) if not self.immutable else tuple(self["args"])
-        return task(*args, **{**self["kwargs"], **kwargs})
+        """Call the task here, in this process, as Celery does: the signature's
+        arguments first (an immutable signature takes no more). Flows override
+        this: calling a chain, group, chord or chunks sends it."""
+        if self.immutable:
+            args, kwargs = (), {}
+        return self.type(*self["args"], *args, **{**self["kwargs"], **kwargs})
 
     async def asend(self, app: Celeriac) -> Any:
         """Send this signature as it is, eager mode or not (subclasses send their flows)."""
@@ -249,12 +331,26 @@ class Signature(dict[str, Any], Generic[R]):
         """A single task call (not a chain, group, chord or map)."""
         return type(self).subtask_type is None
 
-    def __repr__(self) -> str:
+    def reprcall(self, *args: Any, **kwargs: Any) -> str:
+        """``task(args, kwargs)`` with these arguments merged in, as a string."""
         shown = [
-            *(repr(a) for a in self["args"]),
-            *(f"{k}={v!r}" for k, v in self["kwargs"].items()),
+            *(repr(a) for a in (*args, *self["args"])),
+            *(f"{k}={v!r}" for k, v in {**self["kwargs"], **kwargs}.items()),
         ]
-        return f"{self['task']}({', '.join(shown)}){'!' if self.immutable else ''}"
+        return f"{self['task']}({', '.join(shown)})"
+
+    def __repr__(self) -> str:
+        return self.reprcall()
+
+
+def shortened(task_name: str, text: str) -> str:
+    """``text`` with the module of ``task_name`` kept only where it first appears, as
+    in Celery's reprs of a chain: "tasks.add(2, 2) | add(4)"."""
+    module = task_name.rpartition(".")[0]
+    if not module:
+        return text
+    head, found, tail = text.partition(module + ".")
+    return head + found + tail.replace(module + ".", "") if found else text
 
 
 def _chain_of(first: Any, second: Any, app: Celeriac | None) -> Signature[Any]:
@@ -264,11 +360,17 @@ def _chain_of(first: Any, second: Any, app: Celeriac | None) -> Signature[Any]:
     return _TYPES["chain"]._from_wire(data, app)
 
 
-def signature(task: str | Mapping[str, Any], *args: Any, **kwargs: Any) -> Signature[Any]:
-    """Celery's ``signature()``: a name, or a dict read off the wire, as a Signature."""
-    if isinstance(task, Mapping):
-        return Signature.from_dict(task, kwargs.get("app"))
-    return Signature(task, *args, **kwargs)
+def signature(
+    varies: str | Mapping[str, Any] | Task[Any, Any], *args: Any, **kwargs: Any
+) -> Signature[Any]:
+    """Celery's ``signature()``: a copy of a signature, a dict read off the wire as
+    the right Signature class, or a new one from a task name (or task) and
+    :class:`Signature`'s arguments."""
+    if isinstance(varies, Signature):
+        return varies.clone()
+    if isinstance(varies, Mapping):
+        return Signature.from_dict(varies, kwargs.get("app"))
+    return Signature(varies, *args, **kwargs)
 
 
 def maybe_signature(value: Any, app: Celeriac | None = None) -> Signature[Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -45,8 +46,11 @@ def worker(
     max_memory_per_child: int | None,
 ) -> None:
     """Run a worker in the foreground (Ctrl-C: warm shutdown; twice: cold)."""
-    setup_logging(loglevel)
     app = get_app(ctx)
+    if app.conf.worker_hijack_root_logger:
+        setup_logging(loglevel)  # the root logger's handlers are replaced, as in Celery
+    else:  # the app's own logging configuration stays; only celeriac's level is set
+        logging.getLogger("celeriac").setLevel(loglevel.upper())
     app.import_modules()
     if max_tasks_per_child:
         app.conf.worker_max_tasks_per_child = max_tasks_per_child

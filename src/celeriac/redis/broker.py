@@ -71,13 +71,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import importlib.resources
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any
 
 import msgpack
 import orjson
@@ -93,7 +92,6 @@ from ..brokers.base import (
 )
 from ..errors import (
     BrokerError,
-    BrokerUnavailable,
     ConfigurationError,
     MessageError,
     SerializationError,
@@ -102,7 +100,8 @@ from ..protocol import Message, Outgoing, encode_envelope
 from ..shared_storage import StorageWrite
 from ..url_schemes import redact_url
 from .connection import open_pool, storage_name
-from .errors import driver_errors
+from .dead_letters import DeadLetterStream
+from .errors import broker_errors
 from .writes import WRITES_FROM, write_args
 
 try:
@@ -123,7 +122,6 @@ GROUP = "celeriac"
 PRIORITIES = range(10)
 MAX_BLOCK = 1.0
 """Longest single XREAD BLOCK of an idle consumer, in seconds."""
-DEAD_PAGE = 500
 PUBLISH_CHUNK = 5000
 """Messages per publish script call: bounds how long one call holds Redis."""
 
@@ -336,10 +334,9 @@ class RedisBroker(Broker):
         self._script = self._client.register_script(SCRIPT)
         configured = str(self.options.transport_options.get("global_keyprefix") or "")
         self._keys = _Keys(prefix or configured)
-        self._errors = functools.partial(
-            driver_errors, "Redis broker", url, BrokerUnavailable, BrokerError
-        )
+        self._errors = broker_errors(url)
         """redis-py's exceptions as celeriac's, naming the URL (password hidden)."""
+        self._dead = DeadLetterStream(self._client, self._keys.dead, self._errors, _dead_letter)
 
     def consumer(self, queues: Sequence[str], name: str) -> RedisConsumer:
         return RedisConsumer(self, queues, name)
@@ -391,25 +388,12 @@ class RedisBroker(Broker):
         return QueueStats(int(ready), int(delayed), int(reserved))
 
     async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        letters: list[DeadLetter] = []
-        async for entry_id, fields in self._dead_entries():
-            letter = _dead_letter(entry_id, fields)
-            if queue is None or letter.queue == queue:
-                letters.append(letter)
-                if len(letters) >= limit:
-                    break
-        return letters
+        return await self._dead.letters(queue, limit)
 
     async def requeue_dead_letters(self, ids: Sequence[str]) -> int:
-        with self._errors():
-            async with self._client.pipeline(transaction=False) as pipe:
-                for letter_id in ids:
-                    pipe.xrange(self._keys.dead, letter_id, letter_id)
-                found = await pipe.execute()
         keys, args = [self._keys.dead], ["requeue"]
-        for letter_id, entries in zip(ids, found, strict=True):
-            if entries and b"h" in entries[0][1]:
-                fields = entries[0][1]
+        for letter_id, fields in zip(ids, await self._dead.find(ids), strict=True):
+            if fields is not None and b"h" in fields:
                 keys.append(self._keys.stream(fields[b"q"].decode(), int(fields[b"p"])))
                 args.append(letter_id)
         if len(args) == 1:
@@ -417,35 +401,10 @@ class RedisBroker(Broker):
         return int(await self._run(keys, args))
 
     async def purge_dead_letters(self, queue: str | None = None) -> int:
-        dead = self._keys.dead
-        with self._errors():
-            if queue is None:
-                async with self._client.pipeline(transaction=True) as pipe:
-                    pipe.xlen(dead)
-                    pipe.delete(dead)
-                    count, _ = await pipe.execute()
-                return int(count)
-            wanted = queue.encode()
-            ids = [i async for i, fields in self._dead_entries() if fields.get(b"q") == wanted]
-            return int(await self._client.xdel(dead, *ids)) if ids else 0
+        return await self._dead.purge(queue)
 
     async def _dead_letter_raw(self, queue: str, raw: bytes, reason: str) -> None:
-        fields = {"q": queue, "p": 0, "r": reason, "c": 0, "t": time.time(), "x": raw}
-        with self._errors():
-            await self._client.xadd(self._keys.dead, fields)  # type: ignore[arg-type]
-
-    async def _dead_entries(self) -> AsyncIterator[tuple[str, dict[bytes, bytes]]]:
-        """Every dead letter, oldest first, read a page at a time."""
-        start = "-"
-        while True:
-            with self._errors():
-                reply = await self._client.xrange(self._keys.dead, start, "+", count=DEAD_PAGE)
-            page = cast(list[tuple[bytes, dict[bytes, bytes]]], reply or [])
-            for entry_id, fields in page:
-                yield entry_id.decode(), fields
-            if len(page) < DEAD_PAGE:
-                return
-            start = "(" + page[-1][0].decode()
+        await self._dead.add_raw(queue, raw, reason, p=0)
 
     async def _run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one command of ``broker.lua``."""

@@ -9,12 +9,14 @@ hidden and how to start Redis; any other Redis error becomes its *failed* one
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
+from ..errors import BrokerError, BrokerUnavailable
 from ..url_schemes import redact_url
 from .url import start_hint
 
-__all__ = ["driver_errors"]
+__all__ = ["broker_errors", "driver_errors"]
 
 
 @contextlib.contextmanager
@@ -32,3 +34,8 @@ def driver_errors(
         ) from exc
     except redis_errors.RedisError as exc:
         raise failed(f"{what} {redact_url(url)}: {exc}") from exc
+
+
+def broker_errors(url: str) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """:func:`driver_errors` for a Redis broker at ``url``: ``with errors(): ...``."""
+    return functools.partial(driver_errors, "Redis broker", url, BrokerUnavailable, BrokerError)

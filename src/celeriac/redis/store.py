@@ -25,6 +25,10 @@ results):
     ``MULTI``. Lifetime: ``result_expires`` after the last addition.
 ``P celeriac-claim-<name>``, STRING (empty): a one-time claim, ``SET NX PX``.
     Lifetime: ``result_expires``.
+``P celery-taskset-meta-<group id>.s/.j/.d/.t/.c``: a chord's size, header
+    results, recorded parts, size adjustment and send claim, Celery's own
+    (:mod:`celeriac.redis.chords`), so Celery and celeriac clients and workers
+    complete each other's chords.
 
 Waiting: one pub/sub connection per store object, shared by every waiter. A
 waiter subscribes to its key's channel (waiters of the same key share the
@@ -44,15 +48,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from ..backends.base import FENCE_PREFIX, BackendOptions, Changed, ResultBackend
+from ..backends.base import (
+    FENCE_PREFIX,
+    BackendOptions,
+    Changed,
+    ChordJoin,
+    ResultBackend,
+    ResultMeta,
+)
 from ..errors import BackendError, ConfigurationError
 from ..shared_storage import StorageWrite
+from .chords import (
+    CLAIM_SECONDS,
+    CLEANUP,
+    DONE_SECONDS,
+    EXTEND,
+    PART_RETURN,
+    SEND_SECONDS,
+    chord_keys,
+)
 from .connection import open_pool, storage_name
 from .errors import driver_errors
+from .kombu_layout import split_layout
 from .writes import FENCED_SET, MAKE_WRITES, write_args
 
 try:
@@ -206,10 +228,14 @@ class RedisBackend(ResultBackend):
 
     def __init__(self, url: str, options: BackendOptions | None = None):
         super().__init__(url, options)
-        self._pool, self._prefix = open_pool(url, blocking=True)
+        # One URL may serve a kombu-layout broker too: its options are not the store's.
+        self._pool, self._prefix = open_pool(split_layout(url)[0], blocking=True)
         self.storage = storage_name(self._pool)
         self._client: aioredis.Redis = aioredis.Redis(connection_pool=self._pool)
         self._make_writes = self._client.register_script(MAKE_WRITES)
+        self._part_return = self._client.register_script(PART_RETURN)
+        self._extend = self._client.register_script(EXTEND)
+        self._cleanup = self._client.register_script(CLEANUP)
         self._subscriptions = _Subscriptions(self)
         self._members: list[tuple[str, str, int | None, asyncio.Future[int]]] = []
         self._members_task: asyncio.Task[None] | None = None
@@ -308,6 +334,71 @@ class RedisBackend(ResultBackend):
 
     def _add_writes(self, items: Sequence[tuple[str, bytes, float | None]]) -> list[StorageWrite]:
         return [_set(self._prefix + key, value, expires, "NX") for key, value, expires in items]
+
+    async def set_chord_size(self, group_id: str, size: int) -> None:
+        """``.s``, as Celery's client sets it: a re-sent frozen chord is a new run."""
+        keys = chord_keys(self._prefix, group_id)
+        with self._errors():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(keys["c"])
+                pipe.set(keys["s"], size, ex=self._seconds() or None)
+                await pipe.execute()
+
+    async def chord_part_return(
+        self, group_id: str, group_index: int | None, meta: ResultMeta
+    ) -> ChordJoin | None:
+        """Celery's ``on_chord_part_return``: the part goes into ``.j``, and the part that
+        completes the chord (a failure included) claims it and reads ``.j`` in order."""
+        keys = chord_keys(self._prefix, group_id)
+        token = uuid.uuid4().hex
+        part = self._serializer.encode([1, meta.task_id, meta.status, meta.result])
+        score = "+inf" if group_index is None else group_index
+        expires = self._seconds()
+        with self._errors():
+            ready, diff, size, claimed = await self._part_return(
+                keys=[keys["j"], keys["t"], keys["s"], keys["d"], keys[""], keys["c"]],
+                args=[meta.task_id, part, 1, score, expires, expires, CLAIM_SECONDS, token],
+            )
+        if ready == -1 or not size or not claimed:
+            return None
+        if int(ready) != int(size) + int(diff or 0):
+            return None
+        with self._errors():
+            raw = cast(list[bytes], await self._client.zrange(keys["j"], 0, -1))
+        parts = [self._chord_part(group_id, item) for item in raw]
+        return ChordJoin.of(group_id, [(m.task_id, m) for m in parts], token)
+
+    def _chord_part(self, group_id: str, raw: bytes) -> ResultMeta:
+        try:
+            _, task_id, status, result = self._codec.loads(raw, self._content_type)
+        except (TypeError, ValueError) as exc:
+            raise BackendError(f"a header result of chord {group_id} is malformed: {exc}") from exc
+        return ResultMeta(str(task_id), str(status), result)
+
+    async def hold_chord(self, join: ChordJoin) -> bool:
+        keys = chord_keys(self._prefix, join.group_id)
+        with self._errors():
+            return bool(
+                await self._extend(keys=[keys["c"], keys["s"]], args=[join.token, SEND_SECONDS])
+            )
+
+    async def release_chord(self, join: ChordJoin) -> None:
+        """Sent: Celery's cleanup (keys deleted, ``.c`` = ``done``); failed: ``.s``
+        deleted, as Celery does, so a late duplicate cannot fail the body again."""
+        keys = chord_keys(self._prefix, join.group_id)
+        with self._errors():
+            if join.error is not None:
+                await self._client.delete(keys["s"])
+                return
+            await self._cleanup(
+                keys=[keys["c"], keys["j"], keys["t"], keys["s"], keys["d"]],
+                args=[join.token, DONE_SECONDS],
+            )
+
+    def _seconds(self) -> int:
+        """``result_expires`` in whole seconds, 0 for none (Celery's chord expiry)."""
+        expires = self.options.expires
+        return 0 if expires is None else max(int(expires), 1)
 
     async def _wait_changed(
         self, key: str, seen: bytes | None, timeout: float | None, poll: float

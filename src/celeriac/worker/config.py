@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..brokers import broker_class
 from ..errors import ConfigurationError
+from ..routing import configured_queues
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -76,7 +77,7 @@ def choose_config(
         pool=pool,
         processes=processes,
         slots_per_process=slots,
-        queues=queues or [conf.task_default_queue],
+        queues=consumed_queues(app, queues),
         prefetch_multiplier=prefetch_multiplier or conf.worker_prefetch_multiplier,
         max_tasks_per_child=conf.worker_max_tasks_per_child,
         max_memory_per_child=conf.worker_max_memory_per_child,
@@ -85,3 +86,12 @@ def choose_config(
     if hostname:
         config.hostname = hostname
     return config
+
+
+def consumed_queues(app: Celeriac, wanted: list[str] | None) -> list[str]:
+    """The queues a worker consumes, as Celery's: ``-Q`` (a ``Broadcast`` by its name: the
+    worker's own queue of it), else every queue of ``task_queues`` (or the default one)."""
+    table = configured_queues(app.conf)
+    if not wanted:
+        return list(dict.fromkeys(queue.name for queue in table.values()))
+    return [table[name].name if name in table else name for name in wanted]

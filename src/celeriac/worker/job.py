@@ -76,7 +76,7 @@ def decode_job(app: Celeriac, codec: Codec, delivery: Delivery, hostname: str) -
     request = Request(
         id=task_id,
         task=name,
-        args=body.args,
+        args=list(body.args),
         kwargs=body.kwargs,
         retries=int(headers.get("retries") or 0),
         eta=headers.get("eta"),
@@ -103,6 +103,7 @@ def decode_job(app: Celeriac, codec: Codec, delivery: Delivery, hostname: str) -
         timelimit=(hard, soft),
         ignore_result=bool(headers.get("ignore_result")) or task.ignore_result,
         delivery_count=delivery.delivery_count,
+        called_directly=False,
     )
     return Job(delivery, task, request, body, task_id, name, soft_limit=soft, hard_limit=hard)
 

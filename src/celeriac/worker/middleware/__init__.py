@@ -1,9 +1,12 @@
 """Worker features, one small module each. The default list, in hook order:
 
 before_task: Expiry -> WorkerLost -> RateLimits;
-after_task:  Retries -> Results -> Chords -> Callbacks -> TaskLog
-(a retry is decided before the state is stored; a chord counts a header
-task only once its result is stored; callbacks fire after).
+after_task:  Retries -> Callbacks -> Results -> Chords -> Errbacks -> Handlers -> TaskLog
+(a retry is decided before the state is stored; callbacks and the next
+chain step are sent before, so the stored result lists them as children, as
+in Celery; a chord counts a header task only once its result is stored;
+errbacks fire after, so they can read it; then the task's own handlers,
+``on_success`` and the like, as in Celery).
 
 The user's middleware (the ``worker_middleware`` setting) runs after these,
 in the order given, unless a :class:`Placement` puts one right before or right
@@ -19,9 +22,10 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from ...errors import ConfigurationError
 from .base import Defer, Middleware, Skip
-from .callbacks import Callbacks
+from .callbacks import Callbacks, Errbacks
 from .chords import Chords
 from .expiry import Expiry
+from .handlers import Handlers
 from .logs import TaskLog
 from .rate_limits import RateLimits
 from .results import Results
@@ -38,9 +42,11 @@ def default_middleware() -> list[Middleware]:
         WorkerLost(),
         RateLimits(),
         Retries(),
+        Callbacks(),
         Results(),
         Chords(),
-        Callbacks(),
+        Errbacks(),
+        Handlers(),
         TaskLog(),
     ]
 
@@ -132,7 +138,9 @@ __all__ = [
     "Callbacks",
     "Chords",
     "Defer",
+    "Errbacks",
     "Expiry",
+    "Handlers",
     "Middleware",
     "MiddlewareEntry",
     "Placement",

@@ -9,9 +9,10 @@ from dataclasses import replace
 from ... import states
 from ...backends.base import ResultBackend, ResultMeta, utcnow_iso
 from ...brokers.base import Delivery
-from ...errors import DeadLettered, SerializationError
+from ...errors import DeadLettered, Retry, SerializationError, TaskControl
 from ...exception_codec import encode_exception
 from ...execution import Outcome
+from ...request import result_fence
 from ..context import WorkerContext
 from ..job import Job
 from .base import Middleware
@@ -36,15 +37,20 @@ class Results(Middleware):
         if job.task.track_started and not job.request.ignore_result:
             backend = await ctx.connections.abackend()
             meta = ResultMeta(
-                job.id, states.STARTED, {"pid": os.getpid(), "hostname": ctx.hostname}
+                job.id,
+                states.STARTED,
+                {"pid": os.getpid(), "hostname": ctx.hostname},
+                extra=job.request.result_fields(ctx.app.conf.result_extended),
             )
             await backend.store(meta, reply_to=job.request.reply_to, fence=fence(job.delivery))
 
     async def after_task(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> Outcome:
         if job.request.ignore_result or outcome.state == states.IGNORED:
             return outcome
-        if outcome.state == states.REJECTED and not outcome.requeue:
-            return outcome  # dead-lettered next: stored by `dead_lettered`
+        if outcome.state == states.REJECTED:
+            # Requeued: it runs again, so nothing is stored (as in Celery);
+            # dead-lettered: stored as REJECTED by `dead_lettered`.
+            return outcome
         backend = await ctx.connections.abackend()
         with_ack = ctx.connections.shared and job.task.acks_late and not _goes_on(job)
         try:
@@ -59,7 +65,11 @@ class Results(Middleware):
         task_id = delivery.message.headers.get("id")
         if not isinstance(task_id, str) or not task_id:
             return
-        error = cause if isinstance(cause, Exception) else DeadLettered(reason)
+        error = (
+            cause
+            if isinstance(cause, Exception) and not isinstance(cause, TaskControl)
+            else DeadLettered(reason)
+        )
         meta = ResultMeta.of_error(task_id, states.REJECTED, error)
         try:
             backend = await ctx.connections.abackend()
@@ -79,22 +89,12 @@ class Results(Middleware):
         return outcome
 
     def _meta(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> ResultMeta:
-        if outcome.state == states.SUCCESS:
-            result = outcome.value
-        elif outcome.exc is not None:
-            result = encode_exception(outcome.exc)
-        else:
-            result = None
-        extra = {}
-        if ctx.app.conf.result_extended:
-            extra = {
-                "name": job.name,
-                "args": list(job.request.args),
-                "kwargs": job.request.kwargs,
-                "worker": ctx.hostname,
-                "retries": job.request.retries,
-                "queue": job.delivery.queue,
-            }
+        exc = outcome.exc
+        if isinstance(exc, Retry):  # Celery stores the reason of a retry, not the Retry
+            exc = exc.exc
+        result = outcome.value if outcome.state == states.SUCCESS else None
+        if exc is not None and outcome.state != states.SUCCESS:
+            result = encode_exception(exc)
         return ResultMeta(
             job.id,
             outcome.state,
@@ -102,7 +102,7 @@ class Results(Middleware):
             outcome.traceback,
             children=[[[child, None], None] for child in job.request.children],
             date_done=utcnow_iso() if outcome.state in states.READY_STATES else None,
-            extra=extra,
+            extra=job.request.result_fields(ctx.app.conf.result_extended),
         )
 
 
@@ -110,18 +110,9 @@ _WITH_ACK = frozenset({states.SUCCESS, states.FAILURE})
 
 
 def fence(delivery: Delivery) -> int:
-    """The fence of the result writes made for ``delivery``: its message's
-    ``retries``, then its delivery count.
-
-    Both grow from one attempt of a task to the next: a retry is a new
-    message with ``retries + 1``, and a delivery taken over from a worker
-    whose lease lapsed counts one more. So a late worker's writes carry a
-    lower fence than those of the attempt that took over, and the store
-    drops them (``ResultBackend.store``).
-    """
+    """The fence of the result writes made for ``delivery`` (see ``result_fence``)."""
     retries = delivery.message.headers.get("retries")
-    attempt = retries if isinstance(retries, int) and retries > 0 else 0
-    return attempt << 32 | min(delivery.delivery_count, 0xFFFFFFFF)
+    return result_fence(retries if isinstance(retries, int) else 0, delivery.delivery_count)
 
 
 def _goes_on(job: Job) -> bool:

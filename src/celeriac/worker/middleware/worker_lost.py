@@ -9,15 +9,11 @@ instead of running twice. With the defaults, the task runs again.
 from __future__ import annotations
 
 from ... import states
-from ...errors import CeleriacError
+from ...errors import WorkerLostError
 from ...execution import Outcome
 from ..context import WorkerContext
 from ..job import Job
 from .base import Defer, Middleware, Skip
-
-
-class WorkerLostError(CeleriacError):
-    """The worker running this task died before the task finished."""
 
 
 class WorkerLost(Middleware):

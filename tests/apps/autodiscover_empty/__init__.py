@@ -1,0 +1,1 @@
+"""A package with no ``tasks`` module: ``autodiscover_tasks`` passes over it."""

@@ -1,0 +1,1 @@
+"""A package whose ``tasks`` module ``app.autodiscover_tasks`` finds (a Django app layout)."""
