@@ -106,10 +106,14 @@ def test_a_celery_client_runs_tasks_on_a_celeriac_worker(
             steps = sig("interop.add", (1, 2)) | sig("interop.mul", (10,))
             assert steps.apply_async().get(timeout=TIMEOUT) == 30
 
+            header = [sig("interop.add", (i, i)) for i in range(5)]
+            summed = celery.chord(header)(sig("interop.tsum"))
+            assert summed.get(timeout=TIMEOUT) == 20
+
             failing = client.send_task("interop.add", ("a", 1))
             with pytest.raises(TypeError):
                 failing.get(timeout=TIMEOUT)
-            del later, steps, failing
+            del later, steps, summed, failing
     finally:
         close_celery(client)
 
@@ -135,6 +139,10 @@ async def test_a_celeriac_client_runs_tasks_on_a_celery_worker(
             steps = await add_then_mul.aapply_async()
             assert await steps.aget(timeout=TIMEOUT) == 30
 
+            header = [app.signature("interop.add", (i, i)) for i in range(5)]
+            summed = await chord(header, app.signature("interop.tsum")).aapply_async()
+            assert await summed.aget(timeout=TIMEOUT) == 20
+
             failing = await app.asend_task("interop.add", ("a", 1))
             with pytest.raises(Exception) as raised:
                 await failing.aget(timeout=TIMEOUT)
@@ -144,7 +152,7 @@ async def test_a_celeriac_client_runs_tasks_on_a_celery_worker(
 
 
 async def test_a_chord_on_kombus_layout(base_url: str, kombu_url: str, tmp_path: Path) -> None:
-    """celeriac on both sides (cross-system chords depend on the result store)."""
+    """celeriac on both sides of a chord on kombu's layout."""
     env = {
         "CELERIAC_BROKER_URL": kombu_url,
         "CELERIAC_RESULT_BACKEND": base_url,

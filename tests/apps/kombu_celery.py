@@ -42,6 +42,11 @@ def mul(x: int, y: int) -> int:
     return x * y
 
 
+@app.task(name="interop.tsum")  # type: ignore[untyped-decorator]
+def tsum(numbers: list[int]) -> int:
+    return sum(numbers)
+
+
 @app.task(name="tests.apps.durable.work", bind=True)  # type: ignore[untyped-decorator]
 def work(self, n: int, seconds: float) -> int:  # type: ignore[no-untyped-def]
     """:func:`tests.apps.durable.work`: sleeps, then logs ``<id> <pid>`` to RUN_LOG."""
