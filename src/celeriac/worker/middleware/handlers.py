@@ -43,18 +43,24 @@ class Handlers(Middleware):
             return outcome
         calls = handler_calls(job.task, job.request, outcome)
         if calls:
-            await asyncio.get_running_loop().run_in_executor(None, _call_all, job, calls)
+            await _call_all(job, calls, "handler")
         return outcome
 
 
-def _call_all(job: Job, calls: list[HandlerCall]) -> None:
+async def _call_all(job: Job, calls: list[HandlerCall], kind: str) -> None:
+    """Make ``calls`` in a thread (blocking user code) with ``job``'s request current;
+    what one raises is logged, and the others are still made."""
+    await asyncio.get_running_loop().run_in_executor(None, _call_each, job, calls, kind)
+
+
+def _call_each(job: Job, calls: list[HandlerCall], kind: str) -> None:
     token = current_request.set(job.request)
     try:
         for name, handler, args in calls:
             try:
                 handler(*args)
             except Exception:
-                logger.exception("%s[%s] %s handler raised", job.name, job.id, name)
+                logger.exception("%s[%s] %s %s raised", job.name, job.id, name, kind)
     finally:
         current_request.reset(token)
 
@@ -69,7 +75,7 @@ async def errbacks_to_send(ctx: WorkerContext, job: Job, outcome: Outcome) -> li
     already holds) or ``*args``. What such an errback raises is logged.
     """
     to_send: list[dict[str, Any]] = []
-    here: list[tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+    here: list[HandlerCall] = []
     exc, text = outcome.exc, outcome.traceback
     for data in job.request.errbacks or ():
         call = _errback_call(ctx, data, (job.request, exc, text))
@@ -78,13 +84,13 @@ async def errbacks_to_send(ctx: WorkerContext, job: Job, outcome: Outcome) -> li
         else:
             here.append(call)
     if here:
-        await asyncio.get_running_loop().run_in_executor(None, _call_errbacks, job, here)
+        await _call_all(job, here, "errback")
     return to_send
 
 
 def _errback_call(
     ctx: WorkerContext, data: dict[str, Any], failure: tuple[Any, ...]
-) -> tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None:
+) -> HandlerCall | None:
     """How to call errback ``data`` with ``failure`` in the worker, or None to send it."""
     if data.get("subtask_type"):
         return None
@@ -107,14 +113,4 @@ def _errback_call(
     if not (spec.varargs or len(spec.args) > 1):
         return None
     call_args = args if immutable else (*failure, *args)
-    return name, task.run, call_args, kwargs
-
-
-def _call_errbacks(
-    job: Job, calls: list[tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
-) -> None:
-    for name, run, args, kwargs in calls:
-        try:
-            run(*args, **kwargs)
-        except Exception:
-            logger.exception("%s[%s]: errback %r raised an exception", job.name, job.id, name)
+    return repr(name), functools.partial(task.run, **kwargs), call_args
