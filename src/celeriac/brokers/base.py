@@ -33,6 +33,7 @@ from typing import Any
 from ..protocol import Message, Outgoing
 from ..shared_storage import StorageWrite
 from ..url_schemes import redact_url
+from .operations import Operations
 
 logger = logging.getLogger("celeriac.broker")
 
@@ -118,6 +119,17 @@ class Broker(ABC):
     def __init__(self, url: str, options: BrokerOptions | None = None):
         self.url = url
         self.options = options or BrokerOptions()
+        self._operations: Operations | None = None
+
+    def operations(self) -> Operations:
+        """This broker's operations plane (events, the mailbox, revokes), made on first
+        use; it shares the broker's connection, so connect the broker first."""
+        if self._operations is None:
+            self._operations = self._make_operations()
+        return self._operations
+
+    def _make_operations(self) -> Operations:
+        raise NotImplementedError(f"{type(self).__name__} has no operations plane yet")
 
     storage: str | None = None
     """The database the messages live in, when a result store in the same one can

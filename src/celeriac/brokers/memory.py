@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from ..protocol import Message, Outgoing, encode_envelope
 from ..shared_storage import StorageWrite
 from .base import Broker, BrokerOptions, Consumer, DeadLetter, Delivery, QueueStats
+from .memory_operations import MemoryOperations, reset_memory_operations
+from .operations import Operations
 
 __all__ = ["MemoryBroker", "reset_memory_broker"]
 
@@ -136,6 +138,7 @@ def reset_memory_broker(url: str | None = None) -> None:
         states = list(_STATES.values()) if url is None else [_STATES.get(url) or _State()]
     for state in states:
         state.clear()
+    reset_memory_operations(url)
 
 
 def _wake(waiters: Iterable[_Waiter]) -> None:
@@ -270,6 +273,9 @@ class MemoryBroker(Broker):
 
     async def close(self) -> None:
         pass
+
+    def _make_operations(self) -> Operations:
+        return MemoryOperations(self.url)
 
     async def _publish(self, batch: Sequence[Outgoing]) -> None:
         woken: list[_Waiter] = []

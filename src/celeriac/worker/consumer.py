@@ -14,7 +14,7 @@ import os
 import random
 import resource
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ from .executor import Executor
 from .job import Job, Undeliverable, decode_job
 from .middleware import Defer, Middleware, Skip, middleware_for
 from .middleware.base import with_own
+from .node import Node
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -36,6 +37,8 @@ logger = logging.getLogger("celeriac.worker")
 __all__ = ["ConsumerStats", "TaskConsumer"]
 
 FETCH_TIMEOUT = 0.5
+HARD_LIMIT_GRACE = 3.0
+"""Seconds past a task's hard time limit before the supervisor kills its process."""
 
 
 @dataclass(slots=True)
@@ -68,13 +71,19 @@ class TaskConsumer:
         max_memory_kib: int | None = None,
         shutdown_timeout: float = 30.0,
         exit_on_hard_timeout: bool = False,
-        on_deadline: Callable[[float], None] | None = None,
+        node: Node | None = None,
+        slot: int = 0,
     ):
         self.app = app
         self.queues = list(queues)
         self.concurrency = max(1, concurrency)
         self.capacity = self.concurrency * max(1, prefetch_multiplier)
-        self.ctx = WorkerContext(app, app.codec, hostname, self.concurrency, processes)
+        self.node = node or Node(hostname, 1)
+        self.slot = slot
+        self.node.occupy(slot)
+        self.ctx = WorkerContext(
+            app, app.codec, hostname, self.concurrency, processes, self.node, slot
+        )
         self.middleware = middleware_for(app) if middleware is None else middleware
         self._before = with_own(self.middleware, "before_task")
         self._started = with_own(self.middleware, "task_started")
@@ -84,7 +93,6 @@ class TaskConsumer:
         self.max_memory_kib = max_memory_kib
         self.shutdown_timeout = shutdown_timeout
         self.exit_on_hard_timeout = exit_on_hard_timeout
-        self.on_deadline = on_deadline
         self.stats = ConsumerStats()
         self._executor = Executor(self.concurrency)
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -286,7 +294,14 @@ class TaskConsumer:
             await consumer.flush_acks()
         for mw in self._started:
             await mw.task_started(self.ctx, job)
-        return await self._executor.run(job, self.on_deadline)
+        self.node.task_started(self.slot)
+        try:
+            return await self._executor.run(job, self._set_deadline)
+        finally:
+            self.node.task_done(self.slot)
+
+    def _set_deadline(self, deadline: float) -> None:
+        self.node.set_deadline(self.slot, deadline + HARD_LIMIT_GRACE if deadline else 0.0)
 
     async def _settle(self, consumer: Consumer, job: Job, outcome: Outcome) -> None:
         stats = self.stats

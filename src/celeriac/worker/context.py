@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..connections import LoopConnections
 from ..serialization import Codec
+from .node import Node
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -21,5 +22,14 @@ class WorkerContext:
     """Task slots in this process."""
     processes: int
     """Processes of the whole worker (rate limits are shared out among them)."""
+    node: Node
+    """What the worker's processes share (``celeriac.worker.node``)."""
+    slot: int
+    """This process's slot in ``node``; slot 0 is the node's voice."""
     connections: LoopConnections = field(init=False)
     """The worker loop's broker and result store, set when the consume loop starts."""
+
+    @property
+    def is_voice(self) -> bool:
+        """Whether this process answers remote control and sends the worker's own events."""
+        return self.slot == 0

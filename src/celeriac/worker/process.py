@@ -26,12 +26,12 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .._sync import new_event_loop
 from .config import WorkerConfig
 from .consumer import TaskConsumer
+from .node import Node
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -47,7 +47,8 @@ def build_consumer(
     config: WorkerConfig,
     *,
     child: bool,
-    on_deadline: Callable[[float], None] | None = None,
+    node: Node | None = None,
+    slot: int = 0,
 ) -> TaskConsumer:
     """The consume loop of one worker process: the default middleware plus the app's."""
     return TaskConsumer(
@@ -61,7 +62,8 @@ def build_consumer(
         max_memory_kib=config.max_memory_per_child if child else None,
         shutdown_timeout=config.shutdown_timeout,
         exit_on_hard_timeout=child,
-        on_deadline=on_deadline,
+        node=node,
+        slot=slot,
     )
 
 
@@ -70,13 +72,14 @@ def run_process(
     config: WorkerConfig,
     *,
     child: bool,
-    on_deadline: Callable[[float], None] | None = None,
+    node: Node | None = None,
+    slot: int = 0,
 ) -> int:
     """Run one consuming process until it stops; return its exit code."""
     signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)  # until _run unblocks them
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    consumer = build_consumer(app, config, child=child, on_deadline=on_deadline)
+    consumer = build_consumer(app, config, child=child, node=node, slot=slot)
     signals = 0
 
     def warm(signum: int) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import time
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import WorkerConfig
+from .node import Node
 from .process import SHUTDOWN_SIGNALS, run_process
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.worker")
 
-HARD_LIMIT_GRACE = 3.0
 TICK = 0.1
 
 
@@ -58,7 +57,7 @@ class Supervisor:
         self.app = app
         self.config = config
         self.children: dict[int, Child] = {}
-        self._deadlines: Any = multiprocessing.Array("d", config.processes, lock=False)
+        self.node = Node(config.hostname, config.processes)
         self._signals = 0
         self._restarts = 0
         self._recent_deaths: list[float] = []
@@ -113,7 +112,7 @@ class Supervisor:
         try:
             if self._signals:  # shutting down: a new child would never be told
                 return
-            self._deadlines[index] = 0.0
+            self.node.vacate(index)
             pid = os.fork()
             if pid == 0:  # the child
                 self._run_child(index)
@@ -125,21 +124,11 @@ class Supervisor:
     def _run_child(self, index: int) -> NoReturn:
         code = 1
         try:
-            code = run_process(
-                self.app, self.config, child=True, on_deadline=self._publisher(index)
-            )
+            code = run_process(self.app, self.config, child=True, node=self.node, slot=index)
         except BaseException:
             logger.exception("worker child %d crashed", os.getpid())
         finally:
             os._exit(code)
-
-    def _publisher(self, index: int) -> Any:
-        deadlines = self._deadlines
-
-        def publish(deadline: float) -> None:
-            deadlines[index] = deadline + HARD_LIMIT_GRACE if deadline else 0.0
-
-        return publish
 
     def _reap(self) -> None:
         while True:
@@ -152,6 +141,7 @@ class Supervisor:
             child = self.children.pop(pid, None)
             if child is None:
                 continue
+            self.node.vacate(child.index)
             if self._signals:
                 continue
             self._report_death(child, status)
@@ -173,13 +163,13 @@ class Supervisor:
     def _watch_deadlines(self) -> None:
         now = time.time()
         for child in self.children.values():
-            deadline = self._deadlines[child.index]
+            deadline = self.node.deadline(child.index)
             if deadline and now > deadline:
                 logger.error(
                     "child %d (pid %d) is stuck past its task's hard time limit; killing it",
                     child.index,
                     child.pid,
                 )
-                self._deadlines[child.index] = 0.0
+                self.node.set_deadline(child.index, 0.0)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGKILL)
