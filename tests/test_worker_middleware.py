@@ -109,6 +109,7 @@ def test_before_and_after_a_default() -> None:
         ],
     )
     assert names(chain) == [
+        "Revoked",
         "first",
         "Expiry",
         "WorkerLost",
@@ -125,6 +126,10 @@ def test_before_and_after_a_default() -> None:
         "TaskLog",
         "B",
         "A",
+        "RemoteControl",
+        "Backlog",
+        "Events",
+        "Signals",
         "end",
     ]
 
@@ -303,8 +308,9 @@ def test_user_hooks_run_in_a_solo_worker_process(tmp_path: Path) -> None:
         app.close()
     banner = worker.log()
     assert (
-        "middleware:  FileRecorder, Expiry, WorkerLost, RateLimits, Retries, FileRecorder, "
-        "Callbacks, Results, Chords, Errbacks, Handlers, TaskLog, FileRecorder"
+        "middleware:  Revoked, FileRecorder, Expiry, WorkerLost, RateLimits, Retries, "
+        "FileRecorder, Callbacks, Results, Chords, Errbacks, Handlers, TaskLog, RemoteControl, "
+        "Backlog, Events, Signals, FileRecorder"
     ) in banner
     assert f"(storage sqlite:{tmp_path}/mw.db)" in banner
     name = "tests.apps.with_middleware.flaky"
@@ -338,7 +344,7 @@ def test_app_add_middleware_places_it_for_the_apps_workers() -> None:
 
     try:
         chain = names(middleware_for(app))
-        assert chain == ["first", *DEFAULTS, "last"]
+        assert chain == ["Revoked", "first", *DEFAULTS[1:], "last"]
         with worker_thread(app):
             assert add.delay(1, 2).get(timeout=10) == 3
         name = add.name

@@ -18,6 +18,7 @@ import os
 import sys
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from functools import cached_property
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from ._sync import at_exit, run_on_every_loop, run_sync
@@ -27,6 +28,7 @@ from .brokers import broker_from_url
 from .brokers.base import Broker, BrokerOptions
 from .canvas import Signature, register_builtins, signature
 from .connections import LoopConnections
+from .control import Control
 from .errors import ConfigurationError, NotRegistered
 from .protocol import Outgoing
 from .request import current_app, current_app_if_any, set_current_app, set_default_app
@@ -35,6 +37,8 @@ from .routing import bindings
 from .sending import SendOptions, build_outgoing, publish
 from .serialization import Codec
 from .settings import Settings
+from .signals import Signal
+from .signals import import_modules as import_modules_signal
 from .sqlite.url import DEFAULT_URL
 from .task import AsyncTask, Task, task_class
 from .worker.middleware import Middleware, Placement
@@ -99,6 +103,11 @@ class Celeriac:
         """((broker URL, result_backend, pid), reply queue): see ``reply_queue``."""
         self._autodiscover: list[tuple[Packages, str]] = []
         """``autodiscover_tasks`` calls waiting for ``import_modules``."""
+        self.on_configure = Signal(name="app.on_configure")
+        self.on_after_configure = Signal(name="app.on_after_configure", providing_args={"source"})
+        self.on_after_finalize = Signal(name="app.on_after_finalize")
+        self.on_after_fork = Signal(name="app.on_after_fork")
+        self.finalized = False
         register_builtins(self)
         self._builtins = frozenset(self.tasks)
         for fn, options in _shared_tasks:
@@ -156,6 +165,11 @@ class Celeriac:
             accept = list(self.conf.accept_content)
             self._codec = Codec(accept)
         return self._codec
+
+    @cached_property
+    def control(self) -> Control:
+        """Remote control of the workers: ``app.control.inspect().ping()``, ``revoke``, ..."""
+        return Control(self)
 
     @property
     def reply_queue(self) -> str | None:
@@ -251,9 +265,26 @@ class Celeriac:
         except KeyError:
             raise NotRegistered(f"task {name!r} is not registered with app {self.main!r}") from None
 
+    def finalize(self) -> None:
+        """Send the app's own signals once, as Celery's ``finalize`` does when a worker or
+        beat starts: ``on_configure``, ``on_after_configure`` (``source``: the settings),
+        ``on_after_finalize``. A receiver sees the whole configuration and may add to it
+        (``add_periodic_task``). celeriac reads its settings eagerly, so all three come
+        at this point rather than when the settings are first read."""
+        if self.finalized:
+            return
+        self.finalized = True
+        self.on_configure.send(sender=self)
+        self.on_after_configure.send(sender=self, source=self.conf)
+        self.on_after_finalize.send(sender=self)
+
     def import_modules(self) -> None:
         """Import ``imports`` and ``include``, and the modules ``autodiscover_tasks`` asked
-        for, so their tasks register (the worker does this when it starts)."""
+        for, so their tasks register (the worker does this when it starts). First the
+        ``import_modules`` signal, whose receivers' errors are raised, as in Celery."""
+        for _, response in import_modules_signal.send(sender=self):
+            if isinstance(response, Exception):
+                raise response
         for module in (*self.conf.imports, *self.conf.include):
             importlib.import_module(module)
         waiting, self._autodiscover = self._autodiscover, []

@@ -154,23 +154,24 @@ _GROUPS: dict[str, tuple[str, ...]] = {
         "security_key_password",
         "security_digest",
     ),
-    "celeriac sends no monitoring events and has no remote control over the broker yet": (
+    "celeriac has no remote control over the broker yet": (
         "control_queue_ttl",
         "control_queue_expires",
         "control_queue_exclusive",
         "control_queue_durable",
         "control_exchange",
-        "event_queue_expires",
+        "worker_enable_remote_control",
+        "worker_direct",
+    ),
+    "events travel on Celery's default entities: the 'celeryev' exchange and, on RabbitMQ, "
+    "receiver queues 'celeryev.<uuid>', exclusive and auto-deleted, with a 5 s message TTL, "
+    "that expire 60 s after their last use": (
+        "event_exchange",
         "event_queue_ttl",
+        "event_queue_expires",
         "event_queue_prefix",
         "event_queue_exclusive",
         "event_queue_durable",
-        "event_serializer",
-        "event_exchange",
-        "task_send_sent_event",
-        "worker_send_task_events",
-        "worker_enable_remote_control",
-        "worker_direct",
     ),
     "acknowledgement follows task_acks_late and task_reject_on_worker_lost; a lost task is "
     "delivered again and dead-lettered after broker_max_deliveries": (
@@ -205,7 +206,8 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "argsrepr and kwargsrepr are cut at a fixed depth and length (reprlib)": (
         "task_repr_maxlevels",
     ),
-    "the worker's shape is worker_pool, worker_concurrency and worker_prefetch_multiplier; "
+    "the worker's shape is worker_pool, worker_concurrency and worker_prefetch_multiplier "
+    "(autoscale: worker_autoscale, built in, no class by import path); "
     "rate limits and soft shutdown are not offered yet": (
         "worker_agent",
         "worker_autoscaler",

@@ -51,10 +51,12 @@ from zoneinfo import ZoneInfo
 
 from .connections import LoopConnections
 from .errors import MessageTooLarge
+from .events.sent import send_task_sent
 from .protocol import Message, Outgoing, TaskBody, nodename
 from .routing import destination
 from .serialization import Serializer, resolve_name
 from .settings import Settings
+from .signals import after_task_publish, before_task_publish
 
 __all__ = [
     "App",
@@ -322,8 +324,6 @@ def build_outgoing(
         opts.chord,
     )
     serializer = message_serializer(conf, task, opts.serializer)
-    payload = serializer.encode(body.to_payload())
-    check_message_size(conf.task_message_max_size, task_name, payload)
     given = {
         "queue": opts.queue or (task.queue if task is not None else None),
         "exchange": opts.exchange,
@@ -345,8 +345,22 @@ def build_outgoing(
             "exchange_type": route.exchange_type,
             "routing_key": route.routing_key,
         }
+    payload = body.to_payload()
+    if before_task_publish.receivers:  # they may change headers and arguments: before encoding
+        before_task_publish.send(
+            sender=task_name,
+            body=payload,
+            exchange=route.exchange,
+            routing_key=route.routing_key,
+            headers=headers,
+            properties=properties,
+            declare=[route.queue],
+            retry_policy={"max_retries": 0},  # a publish is not retried: it fails fast
+        )
+    encoded = serializer.encode(payload)
+    check_message_size(conf.task_message_max_size, task_name, encoded)
     message = Message(
-        headers, payload, serializer.content_type, serializer.content_encoding, properties
+        headers, encoded, serializer.content_type, serializer.content_encoding, properties
     )
     return Outgoing(queue, message, priority, eta_ts if eta_ts and eta_ts > now else None)
 
@@ -358,7 +372,7 @@ async def publish(app: App, batch: Sequence[Outgoing]) -> None:
     file, or one Redis database), the markers go with the messages in one
     transaction or round trip. Otherwise both writes overlap; the marker is
     set-if-absent, so it may land after a fast worker's result without
-    hiding it.
+    hiding it. With ``task_send_sent_event``, a task-sent event per message follows.
     """
     conns = app.connections()
     broker = await conns.abroker()
@@ -367,21 +381,40 @@ async def publish(app: App, batch: Sequence[Outgoing]) -> None:
         if conns.reply_queue is not None:
             await conns.abackend()  # the reply queue exists before any reply is sent
         await broker.publish(batch)
-        return
-    backend = await conns.abackend()
-    if conns.shared:
+    elif conns.shared:
+        backend = await conns.abackend()
         await broker.publish(batch, writes=backend.pending_writes(pending))
-        return
-    # The marker first: a store that answers at once (SQLite on the loop)
-    # is done before the publish takes the write lock; a networked one
-    # overlaps its round trip with the publish's.
-    stored, published = await asyncio.gather(
-        backend.store_pending(pending), broker.publish(batch), return_exceptions=True
-    )
-    if isinstance(published, BaseException):
-        raise published
-    if isinstance(stored, BaseException):  # the tasks are sent: do not make callers resend
-        logger.warning("sent %d task(s) but could not record PENDING: %s", len(batch), stored)
+    else:
+        # The marker first: a store that answers at once (SQLite on the loop)
+        # is done before the publish takes the write lock; a networked one
+        # overlaps its round trip with the publish's.
+        backend = await conns.abackend()
+        stored, published = await asyncio.gather(
+            backend.store_pending(pending), broker.publish(batch), return_exceptions=True
+        )
+        if isinstance(published, BaseException):
+            raise published
+        if isinstance(stored, BaseException):  # the tasks are sent: do not make callers resend
+            logger.warning("sent %d task(s) but could not record PENDING: %s", len(batch), stored)
+    if after_task_publish.receivers:
+        await _announce_published(batch)
+    if app.conf.task_send_sent_event:
+        await send_task_sent(broker.operations(), batch)
+
+
+async def _announce_published(batch: Sequence[Outgoing]) -> None:
+    """``after_task_publish`` for each message, with Celery's arguments (the body decoded
+    again: the message holds it encoded, and only a receiver needs it)."""
+    for outgoing in batch:
+        message = outgoing.message
+        route = message.properties.get("delivery_info") or {}
+        await after_task_publish.asend(
+            sender=message.headers.get("task"),
+            body=resolve_name(message.content_type).loads(message.body),
+            headers=message.headers,
+            exchange=route.get("exchange", ""),
+            routing_key=route.get("routing_key", outgoing.queue),
+        )
 
 
 def _pending(conf: Settings, batch: Sequence[Outgoing]) -> list[tuple[str, float | None]]:

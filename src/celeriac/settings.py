@@ -102,6 +102,23 @@ class Settings:
     worker_middleware: list[Any] = dataclasses.field(default_factory=list)
     """The user's worker middleware, after the defaults: ``Middleware`` instances or
     classes, or ``Placement``s (``celeriac.worker.middleware``); never import paths."""
+    worker_autoscale: list[int | str] | None = None
+    """celeriac's own (Celery has only ``--autoscale``): ``[max, min]`` children, or
+    ``"max,min"``; None: a fixed pool."""
+    worker_autoscale_keepalive: float = 30.0
+    """Seconds a child stays idle before autoscale stops it (Celery's
+    AUTOSCALE_KEEPALIVE environment variable)."""
+    worker_revoke_expires: float = 10800.0
+    """Seconds a revoke is kept (Celery's CELERY_WORKER_REVOKE_EXPIRES, 3 hours)."""
+    # events (celeriac.events)
+    worker_send_task_events: bool = False
+    task_send_sent_event: bool = False
+    event_serializer: str = "json"
+    """Only ``"json"``: Flower and ``celery events`` read JSON events (another value is
+    refused)."""
+    event_buffer_limit: int = 10_000
+    """celeriac's own: events one process holds while the broker is slow; past it,
+    new events are dropped and counted, never waiting (``celeriac.events.dispatcher``)."""
     # app
     imports: list[str] = dataclasses.field(default_factory=list)
     include: list[str] = dataclasses.field(default_factory=list)
@@ -188,7 +205,10 @@ SETTING_TYPES: dict[str, Any] = get_type_hints(Settings)
 SETTING_NAMES: frozenset[str] = frozenset(
     f.name for f in dataclasses.fields(Settings) if f.name not in _STATE
 )
-_CHOICES = {"worker_pool": ("process", "thread", "async", "solo")}
+_CHOICES = {
+    "worker_pool": ("process", "thread", "async", "solo"),
+    "event_serializer": ("json",),
+}
 _ALIASES = {"worker_pool": {"prefork": "process", "processes": "process", "threads": "thread"}}
 """Celery's names for the same choice."""
 _NOT_NEGATIVE = frozenset({"task_message_max_size"})

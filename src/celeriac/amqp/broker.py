@@ -1,7 +1,8 @@
 """The RabbitMQ broker (``amqp://``, ``amqps://``) on aio-pika.
 
-Beside it: ``consumer.py`` (fetching, settling) and ``wire.py`` (URLs,
-connections, messages as AMQP properties).
+Beside it: ``consumer.py`` (fetching, settling), ``wire.py`` (URLs,
+connections, messages as AMQP properties) and ``operations.py`` (the
+operations plane: Celery's events and mailbox, the revoke stream).
 
 URL: ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS, with
 ``?cafile=...`` and the other ``wire.DRIVER_OPTIONS``; the default vhost ``/`` is
@@ -54,10 +55,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..brokers.base import Broker, BrokerOptions, DeadLetter, QueueStats
+from ..brokers.operations import Operations
 from ..errors import BrokerError, ConfigurationError
 from ..protocol import Message, Outgoing
 from ..url_schemes import redact_url
 from .consumer import AmqpConsumer
+from .operations import AmqpOperations
 from .wire import (
     Binding,
     Send,
@@ -190,10 +193,15 @@ class AmqpBroker(Broker):
         return self._admin
 
     async def close(self) -> None:
+        if self._operations is not None:
+            await self._operations.close()
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
         self._connection = None
+
+    def _make_operations(self) -> Operations:
+        return AmqpOperations(self)
 
     # -- declarations ----------------------------------------------------------
     def name(self, queue: str) -> str:

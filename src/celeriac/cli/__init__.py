@@ -7,6 +7,8 @@
     tasks.py         celeriac call, celeriac result
     queues.py        celeriac purge, celeriac status
     dead_letters.py  celeriac dead-letters list | show | requeue | purge
+    events.py        celeriac events (the live event stream)
+    control.py       celeriac inspect <command>, celeriac control <command>
 
 The subcommand modules import ``common``, never this module, so none of them
 import each other in a circle.
@@ -19,7 +21,7 @@ from typing import Any
 import click
 
 from ..errors import CeleriacError
-from . import dead_letters, queues, tasks, worker
+from . import control, dead_letters, events, queues, tasks, worker
 from .common import VERSION, get_app, load_app
 
 __all__ = ["get_app", "load_app", "main"]
@@ -70,5 +72,8 @@ for _command in (
     queues.purge,
     queues.status,
     dead_letters.dead_letters,
+    events.events,
+    control.inspect,
+    control.control,
 ):
     main.add_command(_command)

@@ -10,6 +10,9 @@
   to share one Redis with Celery peers.
 * ``store.py``: the result store, in Celery's layout; ``chords.py``: Celery 5.7's
   chord keys and scripts, which it uses.
+* ``operations.py``: the operations plane (events, the mailbox, revokes) of the
+  default layout; ``kombu_operations.py``: the same as kombu's transport carries it,
+  for Celery's tools (``celery inspect``, ``celery events``, Flower).
 
 Importing this package imports no driver: ``broker`` and ``store`` import redis-py,
 and say ``pip install 'celeriac[redis]'`` when it is missing.

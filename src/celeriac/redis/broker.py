@@ -32,6 +32,9 @@ Keys (``P`` = the prefix + ``KEY_PREFIX``; names are the ``*_KEY`` constants;
     ``b`` for a message or ``x`` for bytes that were never one. The entry id is
     the dead letter's id. Lifetime: until requeued or purged.
 
+The operations plane's keys (``P events``, ``P revoked``) and pub/sub channels
+are listed in :mod:`celeriac.redis.operations`.
+
 Mechanism:
 
 * Publish is one round trip: ``XADD`` for one message; a batch (or a delayed
@@ -90,6 +93,7 @@ from ..brokers.base import (
     QueueStats,
     logger,
 )
+from ..brokers.operations import Operations
 from ..errors import (
     BrokerError,
     ConfigurationError,
@@ -102,6 +106,7 @@ from ..url_schemes import redact_url
 from .connection import open_pool, storage_name
 from .dead_letters import DeadLetterStream
 from .errors import broker_errors
+from .operations import RedisOperations
 from .writes import WRITES_FROM, write_args
 
 try:
@@ -351,7 +356,13 @@ class RedisBroker(Broker):
                 "the Redis broker needs 6.2 or later"
             )
 
+    def _make_operations(self) -> Operations:
+        return RedisOperations(self._client, self._keys.prefix, self._errors)
+
     async def close(self) -> None:
+        operations, self._operations = self._operations, None
+        if operations is not None:
+            await operations.close()
         await self._client.aclose(close_connection_pool=True)
 
     async def _publish(self, batch: Sequence[Outgoing]) -> None:

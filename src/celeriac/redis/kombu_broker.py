@@ -5,7 +5,8 @@ Chosen by the URL's ``?layout=kombu`` or ``broker_transport_options={"layout":
 "kombu"}``; the options of :mod:`celeriac.redis.kombu_layout` (kombu's own names:
 ``visibility_timeout``, ``priority_steps``, ...) must match the Celery peers'.
 
-Keys: exactly kombu's, listed in :mod:`celeriac.redis.kombu_layout`.
+Keys: exactly kombu's, listed in :mod:`celeriac.redis.kombu_layout`; the operations
+plane's (events, the mailbox, revokes) in :mod:`celeriac.redis.kombu_operations`.
 
 Mechanism, and where it differs from Celery's worker:
 
@@ -61,6 +62,7 @@ from ..brokers.base import (
     QueueStats,
     logger,
 )
+from ..brokers.operations import Operations
 from ..errors import BrokerError, ConfigurationError, MessageError
 from ..protocol import Outgoing
 from ..shared_storage import StorageWrite
@@ -69,6 +71,7 @@ from .connection import open_pool
 from .dead_letters import DeadLetterStream
 from .errors import broker_errors
 from .kombu_layout import KombuLayout, split_layout
+from .kombu_operations import KombuRedisOperations
 
 try:
     import redis.asyncio as aioredis
@@ -269,7 +272,14 @@ class KombuRedisBroker(Broker):
         with self._errors():
             await self._client.ping()
 
+    def _make_operations(self) -> Operations:
+        options = self.options.transport_options
+        return KombuRedisOperations(self._client, self.layout, self._errors, options)
+
     async def close(self) -> None:
+        operations, self._operations = self._operations, None
+        if operations is not None:
+            await operations.close()
         await self._client.aclose(close_connection_pool=True)
 
     async def _publish(self, batch: Sequence[Outgoing]) -> None:

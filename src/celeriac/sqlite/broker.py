@@ -17,11 +17,13 @@ from collections.abc import Sequence
 import orjson
 
 from ..brokers.base import Broker, BrokerOptions, DeadLetter, QueueStats
+from ..brokers.operations import Operations
 from ..errors import SerializationError
 from ..protocol import Outgoing
 from ..shared_storage import StorageWrite
 from .connection import Connection, Insert, transaction, writers
 from .consumer import Doorbell, SQLiteConsumer
+from .operations import SQLiteOperations
 from .schema import (
     DEAD_LETTER_RAW,
     DELETE_REQUEUED,
@@ -68,7 +70,13 @@ class SQLiteBroker(Broker):
             self._shared_writer = writers.acquire(self._path, self.url)
         return self._shared_writer
 
+    def _make_operations(self) -> Operations:
+        return SQLiteOperations(self.url, lambda: self._writer, self.options.poll_interval)
+
     async def close(self) -> None:
+        operations, self._operations = self._operations, None  # made again on next use
+        if operations is not None:
+            await operations.close()
         connections = list(self._connections)
         self._connections.clear()  # the same set: consumers made later add to it
         for conn in connections:

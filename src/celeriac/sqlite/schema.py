@@ -1,6 +1,6 @@
 """The SQLite broker's tables, indexes and statements, and how a row holds a message.
 
-Tables (names are the ``*_TABLE`` constants; both live as long as the file;
+Tables (names are the ``*_TABLE`` constants; each lives as long as the file;
 the result store's tables, in the same file by default, are listed in
 :mod:`celeriac.sqlite.store`):
 
@@ -33,6 +33,21 @@ until requeued or purged: ``id``, ``queue``, ``priority``, ``reason``, ``deliver
 never a message, ``headers`` (and the other message columns) are NULL and
 ``body`` holds the raw bytes. Index ``celeriac_dead_letters_queue (queue, id)``.
 
+``celeriac_operations``, the operations plane's events, mailbox commands and
+replies (:mod:`celeriac.sqlite.operations`), one row each, from the send until
+a later send prunes it, ``celeriac.sqlite.operations.KEEP`` seconds on (nobody
+is owed an old one):
+
+* ``id`` INTEGER PRIMARY KEY AUTOINCREMENT: send order, never reused, so a
+  subscriber that read up to an id misses nothing by reading after it.
+* ``channel`` TEXT: ``events``, ``mailbox`` or ``reply:<routing key>``.
+* ``sent_at`` REAL, UNIX time; index ``celeriac_operations_age (sent_at)`` for the pruning.
+* ``headers``, ``body`` BLOB: JSON objects (kombu's type tags).
+
+``celeriac_revoked``, one row per revoked task id (WITHOUT ROWID), from the
+revoke until a read finds it expired: ``task_id`` TEXT PRIMARY KEY, ``until``
+REAL (UNIX time; a later revoke of the id keeps the later one).
+
 Undecodable rows: a message row that holds no message (headers or properties
 not a JSON object, text columns not UTF-8 text, ...: a corrupted disk or a
 foreign writer) raises ``MessageError`` in ``decode_message``; the consumer
@@ -55,8 +70,10 @@ Row = tuple[Any, ...]
 
 MESSAGES_TABLE = "celeriac_messages"
 DEAD_LETTERS_TABLE = "celeriac_dead_letters"
+OPERATIONS_TABLE = "celeriac_operations"
+REVOKED_TABLE = "celeriac_revoked"
 PRIORITIES = range(10)
-_M, _D = MESSAGES_TABLE, DEAD_LETTERS_TABLE
+_M, _D, _O, _R = MESSAGES_TABLE, DEAD_LETTERS_TABLE, OPERATIONS_TABLE, REVOKED_TABLE
 _MESSAGE_COLUMNS = "headers, properties, content_type, content_encoding, body"
 _PICKED_COLUMNS = ", ".join(f"CAST(m.{c} AS BLOB)" for c in _MESSAGE_COLUMNS.split(", "))
 """The message columns as a fetch reads them: bytes whatever was stored (sqlite3
@@ -92,6 +109,18 @@ CREATE TABLE IF NOT EXISTS {_D} (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {_D}_queue ON {_D} (queue, id);
+CREATE TABLE IF NOT EXISTS {_O} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    headers BLOB NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {_O}_age ON {_O} (sent_at);
+CREATE TABLE IF NOT EXISTS {_R} (
+    task_id TEXT PRIMARY KEY,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 INSERT = (
@@ -140,6 +169,18 @@ DELETE_REQUEUED = (
 )
 PURGE_DEAD = f"DELETE FROM {_D}"
 PURGE_DEAD_OF_QUEUE = f"DELETE FROM {_D} WHERE queue = ?1"
+SEND = f"INSERT INTO {_O} (channel, sent_at, headers, body) VALUES (?,?,?,?)"
+PRUNE_SENT = f"DELETE FROM {_O} WHERE sent_at < ?1"
+LAST_SENT = f"SELECT coalesce(max(id), 0) FROM {_O}"
+READ_SENT = (
+    f"SELECT id, headers, body FROM {_O} WHERE id > ?1 AND channel = ?2 ORDER BY id LIMIT ?3"
+)
+REVOKE = (
+    f"INSERT INTO {_R} (task_id, until) VALUES (?1, ?2)"
+    " ON CONFLICT (task_id) DO UPDATE SET until = max(until, excluded.until)"
+)
+LIST_REVOKED = f"SELECT task_id, until FROM {_R}"
+FORGET_REVOKED = f"DELETE FROM {_R} WHERE until <= ?1"
 
 
 def pick_sql(n_queues: int) -> str:

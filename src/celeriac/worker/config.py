@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..brokers import broker_class
 from ..errors import ConfigurationError
 from ..routing import configured_queues
+from .autoscale import parse_autoscale
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -30,6 +31,10 @@ class WorkerConfig:
     max_tasks_per_child: int | None = None
     max_memory_per_child: int | None = None
     shutdown_timeout: float = 30.0
+    autoscale: tuple[int, int] | None = None
+    """``(max, min)`` children while autoscale is on (process pool); ``processes`` is
+    then the number it starts with (``min``), as in Celery."""
+    autoscale_keepalive: float = 30.0
 
     @property
     def concurrency(self) -> int:
@@ -44,6 +49,7 @@ def choose_config(
     queues: list[str] | None = None,
     prefetch_multiplier: int | None = None,
     hostname: str | None = None,
+    autoscale: str | None = None,
 ) -> WorkerConfig:
     """The worker's shape from flags, then settings, then the machine.
 
@@ -73,6 +79,11 @@ def choose_config(
         processes, slots = 1, wanted or conf.worker_async_concurrency
     else:
         processes, slots = 1, 1
+    scale = parse_autoscale(autoscale or conf.worker_autoscale)
+    if scale is not None:
+        if pool != "process":
+            raise ConfigurationError("autoscale sizes the process pool (-P process) only")
+        processes = scale[1]
     config = WorkerConfig(
         pool=pool,
         processes=processes,
@@ -82,6 +93,8 @@ def choose_config(
         max_tasks_per_child=conf.worker_max_tasks_per_child,
         max_memory_per_child=conf.worker_max_memory_per_child,
         shutdown_timeout=conf.worker_shutdown_timeout,
+        autoscale=scale,
+        autoscale_keepalive=conf.worker_autoscale_keepalive,
     )
     if hostname:
         config.hostname = hostname

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import states
-from ..brokers.base import Consumer, Delivery
+from ..brokers.base import Broker, Consumer, Delivery
 from ..errors import BrokerError, TimeLimitExceeded
 from ..execution import Outcome
 from .context import WorkerContext
@@ -28,6 +28,8 @@ from .job import Job, Undeliverable, decode_job
 from .middleware import Defer, Middleware, Skip, middleware_for
 from .middleware.base import with_own
 from .node import Node
+from .process_state import ProcessState
+from .revokes import TERMINATED_BY, Revokes
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -84,6 +86,7 @@ class TaskConsumer:
         self.ctx = WorkerContext(
             app, app.codec, hostname, self.concurrency, processes, self.node, slot
         )
+        self.ctx.state = ProcessState(self.queues, self.request_stop)
         self.middleware = middleware_for(app) if middleware is None else middleware
         self._before = with_own(self.middleware, "before_task")
         self._started = with_own(self.middleware, "task_started")
@@ -98,8 +101,18 @@ class TaskConsumer:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._consumers: list[Consumer] = []
+        """Open broker consumers: the one fetching last; earlier ones settle what they fetched."""
+        self._retiring: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stop_reason = "stopped"
+        self.exit_signal: int | None = None
+        """The signal this process ends with once stopped (``terminate``), if any."""
+
+    @property
+    def hostname(self) -> str:
+        """The worker's node name (``celeriac@host``), as Celery's worker has it."""
+        return self.ctx.hostname
 
     def statistics(self) -> ConsumerStats:
         self.stats.running = len(self._inflight)
@@ -124,24 +137,76 @@ class TaskConsumer:
         """Consume until stopped; return why it stopped."""
         self._loop = asyncio.get_running_loop()
         self.ctx.connections = self.app.connections()
-        broker = await self.ctx.connections.abroker()
-        name = f"{self.ctx.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        consumer = broker.consumer(self.queues, name)
-        consumer.on_dead_letter = self._dead_lettered
+        consumer = self._open_consumer(await self.ctx.connections.abroker())
+        voice_backend = self.ctx.connections.abackend if self.ctx.is_voice else None
+        self.ctx.revokes = Revokes(consumer.broker.operations, self, backend=voice_backend)
+        await self.ctx.revokes.start()
         for mw in self.middleware:
             await mw.startup(self.ctx)
         try:
             await self._consume(consumer)
         finally:
-            await self._drain(consumer)
+            await self._drain()
             for mw in self.middleware:
                 with contextlib.suppress(Exception):
                     await mw.shutdown(self.ctx)
+            await self.ctx.revokes.close()
         return self.stop_reason
+
+    def running(self) -> list[Job]:
+        """The jobs running in this process now."""
+        return self._executor.running()
+
+    def terminate(self, task_id: str, signum: int) -> bool:
+        """Stop the running task ``task_id`` (a revoke with ``terminate=True``): it is
+        reported REVOKED at once. A process-pool child running a sync task then stops
+        and ends with ``signum`` (``exit_signal``): its thread cannot be killed, and
+        the supervisor starts a fresh child. False if the task does not run here."""
+        job = self._executor.terminate(task_id)
+        if job is None:
+            return False
+        job.extras[TERMINATED_BY] = signum
+        if self.exit_on_hard_timeout and not job.task.is_async:
+            self.exit_signal = signum
+            self.request_stop(f"{job.name}[{job.id}] terminated: ending with signal {signum}")
+        return True
+
+    def _open_consumer(self, broker: Broker) -> Consumer:
+        name = f"{self.ctx.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        consumer = broker.consumer(self.queues, name)
+        consumer.on_dead_letter = self._dead_lettered
+        self._consumers.append(consumer)
+        self.ctx.state.consumed(consumer.queues)
+        return consumer
+
+    def _follow_queues(self, consumer: Consumer) -> Consumer:
+        """The queues changed (``add_consumer``/``cancel_consumer``): a new broker consumer
+        fetches from the new set; the old one stops fetching, keeps its leases alive while
+        the deliveries it fetched run, settles them, and closes once they are done."""
+        retiring = set(self._inflight)
+        new = self._open_consumer(consumer.broker)
+
+        async def retire() -> None:
+            if retiring:
+                await asyncio.wait(retiring)
+            self._consumers.remove(consumer)
+            await consumer.close()
+
+        task = asyncio.get_running_loop().create_task(retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return new
 
     async def _consume(self, consumer: Consumer) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
+            if consumer.queues != tuple(self.queues):
+                if not self.queues:  # consuming nothing until a queue is added
+                    self.ctx.state.consumed(())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), FETCH_TIMEOUT)
+                    continue
+                consumer = self._follow_queues(consumer)
             room = self.capacity - len(self._inflight)
             if room <= 0:
                 await asyncio.wait(
@@ -170,7 +235,7 @@ class TaskConsumer:
         self.stats.last_error = str(exc)
         logger.error("cannot consume from the broker (%s); retrying in ~%.1fs", exc, backoff)
 
-    async def _drain(self, consumer: Consumer) -> None:
+    async def _drain(self) -> None:
         if self._inflight:
             logger.info(
                 "warm shutdown: waiting up to %ss for %d task(s)",
@@ -180,8 +245,11 @@ class TaskConsumer:
             _, pending = await asyncio.wait(self._inflight, timeout=self.shutdown_timeout)
             for task in pending:
                 task.cancel()
-        with contextlib.suppress(Exception):
-            await consumer.close()
+        for task in list(self._retiring):
+            task.cancel()
+        for consumer in list(self._consumers):
+            with contextlib.suppress(Exception):
+                await consumer.close()
         self._executor.shutdown(wait=False)
 
     async def _handle(self, consumer: Consumer, delivery: Delivery) -> None:
@@ -253,8 +321,15 @@ class TaskConsumer:
             await consumer.requeue(job.delivery, decision.delay, count=False)
             return None
         if isinstance(decision, Skip):
+            if not job.task.acks_late:  # it never ran, so it was never acknowledged
+                await consumer.ack(job.delivery)
             return decision.outcome
-        if not await self._take_slot():  # prefetched, never started: hand it back
+        self.ctx.state.reserved[job.id] = job
+        try:
+            started = await self._take_slot()
+        finally:
+            self.ctx.state.reserved.pop(job.id, None)
+        if not started:  # prefetched, never started: hand it back
             await consumer.requeue(job.delivery, count=False)
             return None
         try:
@@ -295,9 +370,11 @@ class TaskConsumer:
         for mw in self._started:
             await mw.task_started(self.ctx, job)
         self.node.task_started(self.slot)
+        self.ctx.state.begin(job)
         try:
             return await self._executor.run(job, self._set_deadline)
         finally:
+            self.ctx.state.end(job)
             self.node.task_done(self.slot)
 
     def _set_deadline(self, deadline: float) -> None:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from ..connections import LoopConnections
 from ..serialization import Codec
 from .node import Node
+from .process_state import ProcessState
+from .revokes import Revokes
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -26,8 +28,13 @@ class WorkerContext:
     """What the worker's processes share (``celeriac.worker.node``)."""
     slot: int
     """This process's slot in ``node``; slot 0 is the node's voice."""
+    state: ProcessState = field(default_factory=ProcessState)
+    """What this process runs and consumes now (remote control reads and changes it)."""
     connections: LoopConnections = field(init=False)
     """The worker loop's broker and result store, set when the consume loop starts."""
+    revokes: Revokes = field(init=False)
+    """The revokes this process honours (``celeriac.worker.revokes``), set when the
+    consume loop starts."""
 
     @property
     def is_voice(self) -> bool:

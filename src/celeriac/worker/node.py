@@ -9,8 +9,11 @@ appear as one:
 * per child slot: the pid, the tasks running now, the tasks processed, the
   hard-limit deadline of the running task (the supervisor kills a child stuck
   past it);
-* ``wanted``: how many children the supervisor keeps (``pool_grow``,
-  ``pool_shrink`` and the autoscaler change it; ``capacity`` is the most).
+* ``wanted``: how many children the supervisor keeps (``pool_grow`` and
+  ``pool_shrink`` change it; with autoscale on, the autoscaler owns it, between
+  ``autoscale_bounds``); ``capacity`` is the most, fixed before the first fork;
+* ``backlog``: the messages waiting in the worker's queues, measured by the
+  voice while autoscale is on (the supervisor opens no connections).
 
 The child in slot 0 is the node's *voice*: it alone answers remote-control
 commands and sends the worker's own events (online, heartbeat, offline), with
@@ -38,14 +41,27 @@ class NodeTotals:
 class Node:
     """Counters of every process of one worker, in memory the processes share."""
 
-    def __init__(self, hostname: str, capacity: int, wanted: int | None = None):
+    def __init__(
+        self,
+        hostname: str,
+        capacity: int,
+        wanted: int | None = None,
+        autoscale: tuple[int, int] | None = None,
+    ):
         self.hostname = hostname
         self.capacity = max(1, capacity)
         self._pid: Any = multiprocessing.Array("q", self.capacity, lock=False)
         self._active: Any = multiprocessing.Array("q", self.capacity, lock=False)
         self._processed: Any = multiprocessing.Array("q", self.capacity, lock=False)
         self._deadline: Any = multiprocessing.Array("d", self.capacity, lock=False)
-        self._wanted: Any = multiprocessing.Value("q", wanted or self.capacity, lock=False)
+        self._wanted: Any = multiprocessing.Value("q", 1, lock=False)
+        self._bounds: Any = multiprocessing.Array("q", 2, lock=False)  # max, min; 0: off
+        self._backlog: Any = multiprocessing.Value("q", 0, lock=False)
+        self.supervisor = 0
+        """The pid of the process-pool supervisor that forks these processes (0: none)."""
+        self.wanted = wanted or self.capacity
+        if autoscale is not None:
+            self._bounds[:] = list(self._clamp_bounds(*autoscale))
 
     # --- written by the process in a slot (one writer per slot: no lock needed)
 
@@ -81,6 +97,14 @@ class Node:
     def pid(self, index: int) -> int:
         return int(self._pid[index])
 
+    def active(self, index: int) -> int:
+        """Tasks running now in the process of ``index``."""
+        return int(self._active[index])
+
+    def processed(self, index: int) -> int:
+        """Tasks the processes of ``index`` finished, the ones before a restart included."""
+        return int(self._processed[index])
+
     def totals(self) -> NodeTotals:
         pids = [int(p) for p in self._pid if p]
         return NodeTotals(
@@ -93,9 +117,51 @@ class Node:
 
     @property
     def wanted(self) -> int:
-        """How many processes the supervisor keeps running."""
+        """How many processes the supervisor keeps running (clamped to 1..capacity).
+
+        ``pool_grow(n)`` is ``wanted += n``, ``pool_shrink(n)`` is ``wanted -= n``.
+        Celery refuses both while autoscale is on (``autoscale_bounds`` is not
+        None): the autoscaler would undo them.
+        """
         return int(self._wanted.value)
 
     @wanted.setter
     def wanted(self, processes: int) -> None:
         self._wanted.value = max(1, min(self.capacity, processes))
+
+    @property
+    def autoscale_bounds(self) -> tuple[int, int] | None:
+        """``(max, min)`` processes while autoscale is on, else None."""
+        high, low = int(self._bounds[0]), int(self._bounds[1])
+        return (high, low) if high else None
+
+    def set_autoscale(self, max: int | None, min: int | None) -> tuple[int, int]:
+        """Change the autoscale range (Celery's ``autoscale`` command); a None keeps
+        that bound. Returns the range now in force: ``max`` is at most ``capacity``,
+        ``min`` at least 1 (the voice) and at most ``max``. The supervisor grows or
+        shrinks the pool into the range at its next tick.
+
+        Raises ValueError when the worker was started without autoscale, as Celery does.
+        """
+        bounds = self.autoscale_bounds
+        if bounds is None:
+            raise ValueError("Autoscale not enabled")
+        high, low = self._clamp_bounds(
+            bounds[0] if max is None else max, bounds[1] if min is None else min
+        )
+        self._bounds[:] = [high, low]
+        return high, low
+
+    def _clamp_bounds(self, high: int, low: int) -> tuple[int, int]:
+        high = max(1, min(self.capacity, high))
+        return high, max(1, min(high, low))
+
+    @property
+    def backlog(self) -> int:
+        """Messages ready in the worker's queues, as the voice last measured them
+        (only while autoscale is on; 0 otherwise)."""
+        return int(self._backlog.value)
+
+    @backlog.setter
+    def backlog(self, messages: int) -> None:
+        self._backlog.value = max(0, messages)

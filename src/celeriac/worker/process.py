@@ -29,6 +29,13 @@ import signal
 from typing import TYPE_CHECKING
 
 from .._sync import new_event_loop
+from ..signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+    worker_shutting_down,
+)
 from .config import WorkerConfig
 from .consumer import TaskConsumer
 from .node import Node
@@ -75,7 +82,9 @@ def run_process(
     node: Node | None = None,
     slot: int = 0,
 ) -> int:
-    """Run one consuming process until it stops; return its exit code."""
+    """Run one consuming process until it stops; return its exit code, or minus the
+    signal it must end with (a child whose sync task was terminated, see
+    ``TaskConsumer.terminate``)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)  # until _run unblocks them
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
@@ -89,6 +98,8 @@ def run_process(
         if signals == 1:
             logger.info("warm shutdown (%s)", name)
             consumer.request_stop(f"signal {name}")
+            if not child:
+                announce_shutdown(config.hostname, signum, cold=False)
         elif not child:  # the user's second signal
             cold(signum)
         # A child's repeated SIGTERM is the same request: the group's and the supervisor's.
@@ -98,6 +109,8 @@ def run_process(
             "cold shutdown (%s): unacknowledged tasks will be delivered again",
             signal.Signals(signum).name,
         )
+        if not child:
+            announce_shutdown(config.hostname, signum, cold=True)
         os._exit(1)
 
     warm_signals = [signal.SIGTERM] if child else [signal.SIGTERM, signal.SIGINT]
@@ -109,7 +122,7 @@ def run_process(
     if not child:
         logger.info("%s ready: consuming %s", config.hostname, ", ".join(config.queues))
     try:
-        reason = loop.run_until_complete(_run(app, consumer))
+        reason = loop.run_until_complete(_run(app, consumer, child))
     finally:
         # A child keeps its handlers until it exits: a late SIGTERM (the group's,
         # after the work is done) must not kill it by the default action.
@@ -117,12 +130,34 @@ def run_process(
             for signum in (*warm_signals, signal.SIGQUIT):
                 loop.remove_signal_handler(signum)
     logger.info("worker process %d stopped: %s", os.getpid(), reason)
-    return 0
+    return -(consumer.exit_signal or 0)
 
 
-async def _run(app: Celeriac, consumer: TaskConsumer) -> str:
+async def _run(app: Celeriac, consumer: TaskConsumer, child: bool) -> str:
+    """Consume, with the lifecycle signals around it: the worker's own (``worker_init``,
+    ``worker_shutdown``) when this process is the whole worker, and each consuming
+    process's (``worker_process_init``, ``worker_process_shutdown``)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)  # the loop is running now
+    hostname = consumer.hostname
     try:
+        if not child:
+            await worker_init.asend(sender=consumer)
+        await worker_process_init.asend(sender=hostname)
         return await consumer.run()
     finally:
+        await worker_process_shutdown.asend(sender=hostname, pid=os.getpid(), exitcode=0)
+        if not child:
+            await worker_shutdown.asend(sender=consumer)
         await app.aclose()
+
+
+def announce_shutdown(hostname: str, signum: int, *, cold: bool) -> None:
+    """``worker_shutting_down`` for the user's signal ``signum``, with Celery's arguments:
+    ``sig`` its name, ``how`` Warm or Cold, ``exitcode`` 1 for a cold shutdown or Ctrl-C."""
+    if worker_shutting_down.receivers:
+        worker_shutting_down.send(
+            sender=hostname,
+            sig=signal.Signals(signum).name,
+            how="Cold" if cold else "Warm",
+            exitcode=1 if cold or signum == signal.SIGINT else 0,
+        )

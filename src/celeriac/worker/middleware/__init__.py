@@ -1,12 +1,15 @@
 """Worker features, one small module each. The default list, in hook order:
 
-before_task: Expiry -> WorkerLost -> RateLimits;
+before_task: Revoked -> Expiry -> WorkerLost -> RateLimits -> Events -> Signals;
 after_task:  Retries -> Callbacks -> Results -> Chords -> Errbacks -> Handlers -> TaskLog
+             -> Events -> Signals
 (a retry is decided before the state is stored; callbacks and the next
 chain step are sent before, so the stored result lists them as children, as
 in Celery; a chord counts a header task only once its result is stored;
 errbacks fire after, so they can read it; then the task's own handlers,
-``on_success`` and the like, as in Celery).
+``on_success`` and the like, as in Celery). RemoteControl has no task hooks:
+it answers the mailbox from worker start to stop (``worker/remote_control.py``);
+nor has Backlog, which measures the queues for autoscale.
 
 The user's middleware (the ``worker_middleware`` setting) runs after these,
 in the order given, unless a :class:`Placement` puts one right before or right
@@ -21,15 +24,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
 from ...errors import ConfigurationError
+from ..remote_control import RemoteControl
+from .backlog import Backlog
 from .base import Defer, Middleware, Skip
 from .callbacks import Callbacks, Errbacks
 from .chords import Chords
+from .events import Events
 from .expiry import Expiry
 from .handlers import Handlers
 from .logs import TaskLog
 from .rate_limits import RateLimits
 from .results import Results
 from .retries import Retries
+from .revokes import Revoked
+from .signals import Signals
 from .worker_lost import WorkerLost
 
 if TYPE_CHECKING:
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
 
 def default_middleware() -> list[Middleware]:
     return [
+        Revoked(),
         Expiry(),
         WorkerLost(),
         RateLimits(),
@@ -48,6 +57,10 @@ def default_middleware() -> list[Middleware]:
         Errbacks(),
         Handlers(),
         TaskLog(),
+        RemoteControl(),
+        Backlog(),
+        Events(),
+        Signals(),
     ]
 
 
@@ -135,18 +148,23 @@ def _index_of(chain: list[Middleware], anchor: object, middleware: Middleware) -
 
 
 __all__ = [
+    "Backlog",
     "Callbacks",
     "Chords",
     "Defer",
     "Errbacks",
+    "Events",
     "Expiry",
     "Handlers",
     "Middleware",
     "MiddlewareEntry",
     "Placement",
     "RateLimits",
+    "RemoteControl",
     "Results",
     "Retries",
+    "Revoked",
+    "Signals",
     "Skip",
     "TaskLog",
     "WorkerLost",

@@ -53,15 +53,17 @@ class TokenBucket:
 
 class RateLimits(Middleware):
     def __init__(self) -> None:
-        self._buckets: dict[str, TokenBucket | None] = {}
-        """Per task name; None for a task without a rate limit (parsed once)."""
+        self._buckets: dict[str, tuple[str | float | int | None, TokenBucket | None]] = {}
+        """Per task name: the rate it was made for, and the bucket (None: no limit).
+        A new rate (``control rate_limit`` sets the task's) makes a new bucket."""
 
     async def before_task(self, ctx: WorkerContext, job: Job) -> Skip | Defer | None:
         now = time.monotonic()
-        try:
-            bucket = self._buckets[job.name]
-        except KeyError:
-            bucket = self._buckets[job.name] = _bucket(job.task.rate_limit, ctx.processes, now)
+        rate_limit = job.task.rate_limit
+        known = self._buckets.get(job.name)
+        if known is None or known[0] != rate_limit:
+            known = self._buckets[job.name] = (rate_limit, _bucket(rate_limit, ctx.processes, now))
+        bucket = known[1]
         if bucket is None:
             return None
         wait = bucket.take(now)

@@ -1,0 +1,29 @@
+"""A revoked task is not run: it is recorded as REVOKED and its message acknowledged.
+
+First in the default list, so no other feature acts on a task that will not
+run; the ``after_task`` hooks still see the REVOKED outcome (the result store,
+chords, events, signals), as Celery's worker request records it. Which
+tasks are revoked is ``ctx.revokes`` (``celeriac.worker.revokes``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ... import states
+from ...errors import TaskRevokedError
+from ...execution import Outcome
+from ..context import WorkerContext
+from ..job import Job
+from .base import Defer, Middleware, Skip
+
+logger = logging.getLogger("celeriac.worker")
+
+
+class Revoked(Middleware):
+    async def before_task(self, ctx: WorkerContext, job: Job) -> Skip | Defer | None:
+        why = ctx.revokes.revoked_by(job)
+        if why is None:
+            return None
+        logger.info("Discarding revoked task: %s[%s] (%s)", job.name, job.id, why)
+        return Skip(Outcome(states.REVOKED, exc=TaskRevokedError("revoked")))
