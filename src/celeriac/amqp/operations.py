@@ -85,7 +85,7 @@ from ..brokers.operations import (
     Operations,
     Received,
     Subscription,
-    event_routing_key,
+    event_messages,
 )
 from ..errors import BrokerError, SerializationError
 from ..serialization import json_dumps, json_loads
@@ -149,6 +149,11 @@ def _send(exchange: str, key: str, body: bytes, headers: Mapping[str, Any], mode
         priority=0,
     )
     return exchange, key, body, properties
+
+
+def _hostname(body: dict[str, Any] | list[dict[str, Any]]) -> Any:
+    """The ``hostname`` header of an event message (a ``task.multi`` list: its first's)."""
+    return (body[0] if isinstance(body, list) else body).get("hostname")
 
 
 def _headers(incoming: AbstractIncomingMessage) -> dict[str, Any]:
@@ -322,13 +327,8 @@ class AmqpOperations(Operations):
 
     async def send_events(self, events: Sequence[dict[str, Any]]) -> None:
         messages = [
-            (
-                event_routing_key(str(e["type"])),
-                json_dumps(e),
-                {"hostname": e.get("hostname")},
-                _TRANSIENT,
-            )
-            for e in events
+            (key, json_dumps(body), {"hostname": _hostname(body)}, _TRANSIENT)
+            for key, body in event_messages(events)
         ]
         for start in range(0, len(messages), EVENT_WINDOW):
             await self._publish(EVENT_EXCHANGE, messages[start : start + EVENT_WINDOW])

@@ -46,6 +46,7 @@ __all__ = [
     "QueueSubscription",
     "Received",
     "Subscription",
+    "event_messages",
     "event_routing_key",
 ]
 
@@ -57,6 +58,43 @@ REPLY_EXCHANGE = "reply.celery.pidbox"
 def event_routing_key(event_type: str) -> str:
     """Celery's routing key of an event: ``task-succeeded`` -> ``task.succeeded``."""
     return event_type.replace("-", ".")
+
+
+EVENT_GROUP_LIMIT = 100
+"""Most task events in one ``task.multi`` message."""
+
+
+def event_messages(
+    events: Sequence[dict[str, Any]],
+) -> list[tuple[str, dict[str, Any] | list[dict[str, Any]]]]:
+    """``events`` as Celery's buffering dispatcher publishes them: runs of task events
+    as ``task.multi`` messages whose body is their list (at most
+    ``EVENT_GROUP_LIMIT`` each), every other event alone; order kept.
+
+    Every Celery receiver (``celery events``, Flower) reads a list body as its
+    events; one message for many events is what keeps events cheap on a
+    broker that pays per message (RabbitMQ).
+    """
+    messages: list[tuple[str, dict[str, Any] | list[dict[str, Any]]]] = []
+    run: list[dict[str, Any]] = []
+    for event in events:
+        kind = str(event.get("type", ""))
+        if kind.startswith("task-"):
+            run.append(event)
+            if len(run) < EVENT_GROUP_LIMIT:
+                continue
+        if run:
+            messages.append(("task.multi", run) if len(run) > 1 else (_key(run[0]), run[0]))
+            run = []
+        if not kind.startswith("task-"):
+            messages.append((event_routing_key(kind), event))
+    if run:
+        messages.append(("task.multi", run) if len(run) > 1 else (_key(run[0]), run[0]))
+    return messages
+
+
+def _key(event: Mapping[str, Any]) -> str:
+    return event_routing_key(str(event.get("type", "")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ from ..brokers.operations import (
     Operations,
     Received,
     Subscription,
-    event_routing_key,
+    event_messages,
 )
 from ..errors import MessageError
 from ..protocol import decode_envelope
@@ -221,11 +221,11 @@ class KombuRedisOperations(Operations):
             return
         with self._errors():
             async with self._client.pipeline(transaction=False) as pipe:
-                for event in events:
-                    key = event_routing_key(str(event.get("type", "")))
+                for key, body in event_messages(events):
                     channel = f"{self._events}/{key}" if self._patterns else self._events
-                    headers = {"hostname": event.get("hostname")}
-                    pipe.publish(channel, _envelope(event, headers, EVENT_EXCHANGE, key, TRANSIENT))
+                    first = body[0] if isinstance(body, list) else body
+                    headers = {"hostname": first.get("hostname")}
+                    pipe.publish(channel, _envelope(body, headers, EVENT_EXCHANGE, key, TRANSIENT))
                 await pipe.execute()
 
     async def subscribe_events(self) -> Subscription:

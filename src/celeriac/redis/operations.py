@@ -5,8 +5,9 @@ Keys and channels (``P`` = the broker's key prefix + ``celeriac:``, as in
 :mod:`celeriac.redis.broker`; ``<db>`` the database number, since pub/sub
 channels are shared by every database of a server):
 
-``P events``, STREAM: one entry per event, field ``b`` the event (JSON).
-    ``XADD`` with ``MAXLEN ~ EVENTS_MAXLEN``: the stream holds the newest events
+``P events``, STREAM: one entry per event, or per run of task events
+    (``event_messages``), field ``b`` the event or their list (JSON).
+    ``XADD`` with ``MAXLEN ~ EVENTS_MAXLEN``: the stream holds the newest entries
     only, so events that nobody reads cost bounded memory. A subscription
     reads with ``XREAD BLOCK`` after the entry that was newest when it opened.
     Lifetime: the database's (trimmed, never deleted).
@@ -33,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from ..brokers.base import logger
-from ..brokers.operations import Operations, Received, Subscription
+from ..brokers.operations import Operations, Received, Subscription, event_messages
 from ..errors import BrokerError, ConfigurationError
 from ..serialization import json_dumps, json_loads
 
@@ -262,14 +263,15 @@ class RevokedSet:
 
 def _event(payload: bytes) -> list[Received]:
     try:
-        event = json_loads(payload)
+        body = json_loads(payload)
     except ValueError as exc:
         logger.warning("skipped an event that is not JSON: %s", exc)
         return []
-    if not isinstance(event, dict):
-        logger.warning("skipped an event that is not a JSON object: %.200r", event)
+    events = body if isinstance(body, list) else [body]  # a list: one entry per batch
+    if not all(isinstance(event, dict) for event in events):
+        logger.warning("skipped an event that is not a JSON object: %.200r", body)
         return []
-    return [Received(event, {"hostname": event.get("hostname")})]
+    return [Received(event, {"hostname": event.get("hostname")}) for event in events]
 
 
 def _framed(payload: bytes) -> list[Received]:
@@ -307,8 +309,8 @@ class RedisOperations(Operations):
             return
         with self._errors():
             async with self._client.pipeline(transaction=False) as pipe:
-                for event in events:
-                    fields: dict[Any, Any] = {"b": json_dumps(event)}
+                for _, body in event_messages(events):
+                    fields: dict[Any, Any] = {"b": json_dumps(body)}
                     pipe.xadd(self._events, fields, maxlen=EVENTS_MAXLEN, approximate=True)
                 await pipe.execute()
 
