@@ -262,6 +262,32 @@ def test_without_task_events_a_worker_sends_only_its_own(celeriac_app: Celeriac)
     assert {e["type"] for e in events} == {"worker-online", "worker-offline"}
 
 
+def test_enable_events_and_disable_events_switch_task_events_at_run_time(
+    celeriac_app: Celeriac,
+) -> None:
+    """Celery's remote commands (Flower sends ``enable_events``), on a worker without -E."""
+
+    @celeriac_app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    def task_events(events: list[dict[str, Any]]) -> list[str]:
+        return [e["type"] for e in events if e["type"].startswith("task-")]
+
+    with captured(celeriac_app) as events, worker_thread(celeriac_app):
+        assert add.delay(1, 1).get(timeout=TIMEOUT) == 2
+        assert task_events(events) == []
+        replies = celeriac_app.control.enable_events(reply=True)
+        assert replies and list(replies[0].values()) == [{"ok": "task events enabled"}]
+        assert add.delay(1, 2).get(timeout=TIMEOUT) == 3
+        wait_for(lambda: "task-succeeded" in task_events(events), TIMEOUT, "task events")
+        replies = celeriac_app.control.disable_events(reply=True)
+        assert replies and list(replies[0].values()) == [{"ok": "task events disabled"}]
+        seen = len(task_events(events))
+        assert add.delay(1, 3).get(timeout=TIMEOUT) == 4
+    assert len(task_events(events)) == seen
+
+
 # --- never in a task's way ---------------------------------------------------------------
 
 

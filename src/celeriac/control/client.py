@@ -241,6 +241,17 @@ class Control:
     def shutdown(self, destination: Destination = None, **options: Any) -> list[Reply] | None:
         return self.broadcast("shutdown", {}, destination=destination, **options)
 
+    def enable_events(self, destination: Destination = None, **options: Any) -> list[Reply] | None:
+        """Workers send task events from now on (as ``-E``)."""
+        return self.broadcast("enable_events", {}, destination=destination, **options)
+
+    def disable_events(self, destination: Destination = None, **options: Any) -> list[Reply] | None:
+        return self.broadcast("disable_events", {}, destination=destination, **options)
+
+    def heartbeat(self, destination: Destination = None, **options: Any) -> list[Reply] | None:
+        """Workers send a worker-heartbeat now."""
+        return self.broadcast("heartbeat", {}, destination=destination, **options)
+
 
 class Inspect:
     """Questions to the workers (``app.control.inspect()``); each answer is

@@ -86,7 +86,9 @@ class TaskConsumer:
         self.ctx = WorkerContext(
             app, app.codec, hostname, self.concurrency, processes, self.node, slot
         )
-        self.ctx.state = ProcessState(self.queues, self.request_stop)
+        self.ctx.state = ProcessState(
+            self.queues, self.request_stop, task_events=app.conf.worker_send_task_events
+        )
         self.middleware = middleware_for(app) if middleware is None else middleware
         self._before = with_own(self.middleware, "before_task")
         self._started = with_own(self.middleware, "task_started")

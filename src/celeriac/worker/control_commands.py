@@ -338,6 +338,26 @@ async def _cancel_consumer(panel: Panel, queue: str, **_: Any) -> Any:
     return ok(f"no longer consuming from {queue}")
 
 
+@_command()
+async def _enable_events(panel: Panel, **_: Any) -> Any:
+    before = await panel.link.gather("task_events", on=True)
+    return ok("task events already enabled" if all(before) else "task events enabled")
+
+
+@_command()
+async def _disable_events(panel: Panel, **_: Any) -> Any:
+    before = await panel.link.gather("task_events", on=False)
+    return ok("task events disabled" if any(before) else "task events already disabled")
+
+
+@_command()
+async def _heartbeat(panel: Panel, **_: Any) -> Any:
+    """Send a worker-heartbeat now (``celery events`` asks for one when it starts)."""
+    if panel.ctx.state.send_heartbeat is not None:
+        panel.ctx.state.send_heartbeat()
+    return None
+
+
 def _pool_of(panel: Panel, command: str) -> None:
     if not panel.ctx.node.supervisor:
         raise NotImplementedError(f"{command}: this worker runs one process (no process pool)")

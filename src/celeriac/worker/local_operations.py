@@ -110,3 +110,10 @@ async def _local_add_queue(ctx: WorkerContext, queue: str) -> bool:
 async def _local_cancel_queue(ctx: WorkerContext, queue: str) -> bool:
     queues = [q for q in ctx.state.queues if q != queue]
     return await ctx.state.change_queues(queues, FOLLOW)
+
+
+@_local
+async def _local_task_events(ctx: WorkerContext, on: bool) -> bool:
+    """Send task events from now on, or stop; whether they were on before."""
+    before, ctx.state.task_events = ctx.state.task_events, on
+    return before

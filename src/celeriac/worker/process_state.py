@@ -43,6 +43,12 @@ class ProcessState:
     started_at: float = field(default_factory=time.time)
     consuming: tuple[str, ...] = ()
     """The queues the fetching broker consumer takes from (set by the consume loop)."""
+    task_events: bool = False
+    """Whether this process sends task events (``worker_send_task_events``, ``-E``;
+    ``enable_events`` / ``disable_events`` change it)."""
+    send_heartbeat: Callable[[], None] | None = None
+    """Sends a worker-heartbeat now (the voice's ``Events`` sets it; the ``heartbeat``
+    command calls it)."""
     _followed: asyncio.Event | None = None
 
     def consumed(self, queues: tuple[str, ...]) -> None:

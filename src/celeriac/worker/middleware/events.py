@@ -54,14 +54,23 @@ class Events(Middleware):
     def __init__(self, heartbeat_interval: float = HEARTBEAT_INTERVAL):
         self.heartbeat_interval = heartbeat_interval
         self.dispatcher: EventDispatcher | None = None
-        self._tasks: EventDispatcher | None = None
-        """The dispatcher when task events are on, else None (the hooks' one test)."""
+        self._opened = False
         self._heart: asyncio.Task[None] | None = None
 
     async def startup(self, ctx: WorkerContext) -> None:
-        conf = ctx.app.conf
-        if not (conf.worker_send_task_events or ctx.is_voice):
+        if ctx.state.task_events or ctx.is_voice:
+            await self._open(ctx)
+        if ctx.is_voice and self.dispatcher is not None:
+            self._worker_event(ctx, "worker-online")
+            ctx.state.send_heartbeat = lambda: self._worker_event(ctx, "worker-heartbeat")
+            self._heart = asyncio.get_running_loop().create_task(self._beat(ctx))
+
+    async def _open(self, ctx: WorkerContext) -> None:
+        """Start the dispatcher, once (a broker without an operations plane: never)."""
+        if self._opened:
             return
+        self._opened = True
+        conf = ctx.app.conf
         broker = await ctx.connections.abroker()
         try:
             operations = broker.operations()
@@ -72,10 +81,14 @@ class Events(Middleware):
             operations, ctx.hostname, buffer_limit=conf.event_buffer_limit
         )
         self.dispatcher.start()
-        self._tasks = self.dispatcher if conf.worker_send_task_events else None
-        if ctx.is_voice:
-            self._worker_event(ctx, "worker-online")
-            self._heart = asyncio.get_running_loop().create_task(self._beat(ctx))
+
+    async def _tasks(self, ctx: WorkerContext) -> EventDispatcher | None:
+        """The dispatcher when task events are on (opened the first time), else None."""
+        if not ctx.state.task_events:
+            return None
+        if not self._opened:
+            await self._open(ctx)
+        return self.dispatcher
 
     async def shutdown(self, ctx: WorkerContext) -> None:
         if self._heart is not None:
@@ -104,9 +117,9 @@ class Events(Middleware):
         )
 
     async def before_task(self, ctx: WorkerContext, job: Job) -> Skip | Defer | None:
-        if self._tasks is not None:
+        if (dispatcher := await self._tasks(ctx)) is not None:
             headers = job.message.headers
-            self._tasks.send(
+            dispatcher.send(
                 "task-received",
                 uuid=job.id,
                 name=job.name,
@@ -121,27 +134,28 @@ class Events(Middleware):
         return None
 
     async def task_started(self, ctx: WorkerContext, job: Job) -> None:
-        if self._tasks is not None:
-            self._tasks.send("task-started", uuid=job.id)
+        if (dispatcher := await self._tasks(ctx)) is not None:
+            dispatcher.send("task-started", uuid=job.id)
 
     async def after_task(self, ctx: WorkerContext, job: Job, outcome: Outcome) -> Outcome:
-        if self._tasks is not None:
+        if (dispatcher := await self._tasks(ctx)) is not None:
             fields = _outcome_fields(job, outcome)
             if fields is not None:
-                self._tasks.send(fields.pop("type"), uuid=job.id, **fields)
+                dispatcher.send(fields.pop("type"), uuid=job.id, **fields)
         return outcome
 
     async def dead_lettered(
         self, ctx: WorkerContext, delivery: Delivery, reason: str, cause: BaseException | None
     ) -> None:
         task_id = delivery.message.headers.get("id")
-        if self._tasks is None or not task_id:
+        dispatcher = await self._tasks(ctx)
+        if dispatcher is None or not task_id:
             return
         if isinstance(cause, NotRegistered):
             name = delivery.message.headers.get("task")
-            self._tasks.send("task-failed", uuid=task_id, exception=f"NotRegistered({name!r})")
+            dispatcher.send("task-failed", uuid=task_id, exception=f"NotRegistered({name!r})")
         else:
-            self._tasks.send("task-rejected", uuid=task_id, requeue=False)
+            dispatcher.send("task-rejected", uuid=task_id, requeue=False)
 
 
 def _outcome_fields(job: Job, outcome: Outcome) -> dict[str, Any] | None:
