@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -99,6 +100,36 @@ def rabbitmq_url(*, prefixed: bool = True, scheme: str = "amqp", query: str = ""
         _rabbit_cleanup.append(True)
         params.insert(0, f"prefix={RABBITMQ_TEST_PREFIX}{uuid.uuid4().hex[:12]}.")
     return url + ("?" + "&".join(params) if params else "")
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl -q ...`` on the test server; its output."""
+    import subprocess
+
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120, check=True
+    )
+    return done.stdout
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost(name: str) -> Iterator[str]:
+    """A fresh RabbitMQ vhost ``name`` (skips or fails as above), deleted afterwards; its URL.
+
+    For tests of Celery's fixed names (``celeryev``, ``celery.pidbox``): no other
+    test's worker or listener shares them there.
+    """
+    import subprocess
+
+    rabbitmq_url()
+    with contextlib.suppress(subprocess.CalledProcessError):
+        rabbitmqctl("delete_vhost", name)
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{name}"
+    finally:
+        rabbitmqctl("delete_vhost", name)
 
 
 _rabbit_cleanup: list[bool] = []

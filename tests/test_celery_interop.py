@@ -24,7 +24,7 @@ from celeriac import Celeriac, GroupResult, chord, states
 from celeriac.errors import ChordError
 
 from .celery_peers import celery_client, close_celery, running
-from .services import rabbitmq_url, redis_url
+from .services import rabbitmq_vhost, redis_url
 from .worker_processes import wait_for
 
 celery = pytest.importorskip("celery")
@@ -40,19 +40,10 @@ SPLIT_QUEUES = ("celery", "interop-celeriac")
 queue, the celeriac worker's."""
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=120, check=True)
-
-
 @pytest.fixture(scope="module")
 def broker_url() -> Iterator[str]:
-    rabbitmq_url()  # skips (fails under CI) without RabbitMQ
-    with contextlib.suppress(subprocess.CalledProcessError):
-        rabbitmqctl("delete_vhost", VHOST)
-    rabbitmqctl("add_vhost", VHOST)
-    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    yield f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
-    rabbitmqctl("delete_vhost", VHOST)
+    with rabbitmq_vhost(VHOST) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ node on the server.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from celeriac.redis.url import split_prefix
 from celeriac.testing import WorkerProcess
 
 from .celery_peers import running
-from .services import rabbitmq_url, redis_url
+from .services import rabbitmq_vhost, redis_url
 from .worker_processes import ROOT, client_app, wait_for, worker_env
 
 celery = pytest.importorskip("celery")
@@ -48,20 +47,11 @@ class Broker:
 VHOST = f"celeriac-control-{os.getpid()}"
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=120, check=True)
-
-
 @pytest.fixture(scope="module")
 def vhost() -> Iterator[str]:
     """A RabbitMQ vhost of this module's own: Celery's unprefixed names, no other test's."""
-    rabbitmq_url()  # skips (fails under CI) without RabbitMQ
-    with contextlib.suppress(subprocess.CalledProcessError):
-        rabbitmqctl("delete_vhost", VHOST)
-    rabbitmqctl("add_vhost", VHOST)
-    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    yield f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
-    rabbitmqctl("delete_vhost", VHOST)
+    with rabbitmq_vhost(VHOST) as url:
+        yield url
 
 
 @pytest.fixture(params=["amqp", "redis-kombu"])

@@ -8,11 +8,9 @@ states (``/api/tasks``), both built from celeriac's events alone.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from celeriac.testing import WorkerProcess
 
 from .apps.events_celeriac import make_app
 from .celery_peers import running
-from .services import rabbitmq_url, redis_url
+from .services import rabbitmq_vhost, redis_url
 from .worker_processes import ROOT, wait_for
 
 pytest.importorskip("flower")
@@ -35,19 +33,10 @@ VHOST = f"celeriac-flower-{os.getpid()}"
 """A vhost of this run's own: Celery's fixed ``celeryev`` exchange is not shared."""
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=120, check=True)
-
-
 @pytest.fixture
 def amqp_broker() -> Iterator[str]:
-    rabbitmq_url()  # skips (fails under CI) without RabbitMQ
-    with contextlib.suppress(subprocess.CalledProcessError):
-        rabbitmqctl("delete_vhost", VHOST)
-    rabbitmqctl("add_vhost", VHOST)
-    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    yield f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
-    rabbitmqctl("delete_vhost", VHOST)
+    with rabbitmq_vhost(VHOST) as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ from celeriac.brokers import Broker, broker_from_url
 from celeriac.brokers.operations import REPLY_EXCHANGE, Received, Subscription
 
 from .celery_peers import running
-from .services import rabbitmq_url
+from .services import rabbitmq_vhost, rabbitmqctl
 
 celery = pytest.importorskip("celery")
 celery_event = pytest.importorskip("celery.events.event")
@@ -34,22 +33,10 @@ VHOST = f"celeriac-ops-{os.getpid()}"
 WAIT = 10.0
 
 
-def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120, check=True
-    )
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
 def broker_url() -> Iterator[str]:
-    rabbitmq_url()  # skips (fails under CI) without RabbitMQ
-    with contextlib.suppress(subprocess.CalledProcessError):
-        rabbitmqctl("delete_vhost", VHOST)
-    rabbitmqctl("add_vhost", VHOST)
-    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    yield f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
-    rabbitmqctl("delete_vhost", VHOST)
+    with rabbitmq_vhost(VHOST) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -150,6 +150,30 @@ def test_a_revoke_reaches_every_child_of_a_running_worker(
     assert_revoked(first)
 
 
+@pytest.mark.slow
+def test_a_prefetched_task_revoked_while_it_waits_for_a_slot_is_not_run(
+    env: dict[str, str], client: Celeriac, tmp_path: Path
+) -> None:
+    """With a prefetch of 4, a task fetched behind a long one waits in the worker for
+    the slot; a revoke arriving meanwhile must still stop it."""
+    with worker(env, tmp_path, "-P", "solo", "--prefetch", "4"):
+        busy = client.send_task(NAP, (2.0,))
+        wait_for(lambda: events(env, busy.id), 20, "the slot busy")
+        held = client.send_task(NAP, (0,))
+        wait_for(
+            lambda: any(
+                held.id in {r["id"] for r in rs}
+                for rs in (client.control.inspect(timeout=0.5).reserved() or {}).values()
+            ),
+            10,
+            "the task prefetched, waiting for the slot",
+        )
+        client.control.revoke(held.id)
+        assert busy.get(timeout=20) == "rested"
+        wait_revoked(held)
+    assert events(env, held.id) == [], "a revoked task ran"
+
+
 def terminated_within_a_second(client: Celeriac, result: AsyncResult[Any]) -> float:
     """Revoke ``result``'s running task with terminate=True; its state is REVOKED
     within a second. Returns when the revoke was sent (monotonic)."""

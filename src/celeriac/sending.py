@@ -49,6 +49,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from .brokers.base import Broker
 from .connections import LoopConnections
 from .errors import MessageTooLarge
 from .events.sent import send_task_sent
@@ -62,6 +63,7 @@ __all__ = [
     "App",
     "SendOptions",
     "TaskOptions",
+    "announce",
     "build_outgoing",
     "check_message_size",
     "message_serializer",
@@ -396,6 +398,13 @@ async def publish(app: App, batch: Sequence[Outgoing]) -> None:
             raise published
         if isinstance(stored, BaseException):  # the tasks are sent: do not make callers resend
             logger.warning("sent %d task(s) but could not record PENDING: %s", len(batch), stored)
+    await announce(app, broker, batch)
+
+
+async def announce(app: App, broker: Broker, batch: Sequence[Outgoing]) -> None:
+    """What follows a publish, if anyone listens: ``after_task_publish`` and, with
+    ``task_send_sent_event``, a task-sent event per message (a worker's republish of a
+    retry too)."""
     if after_task_publish.receivers:
         await _announce_published(batch)
     if app.conf.task_send_sent_event:

@@ -24,9 +24,8 @@ from .mailbox import Reply, addressed_to, broadcast
 if TYPE_CHECKING:
     from ..app import Celeriac
 
-__all__ = ["DEFAULT_REVOKE_EXPIRES", "Control", "Inspect", "flatten_reply"]
+__all__ = ["Control", "Inspect", "flatten_reply"]
 
-DEFAULT_REVOKE_EXPIRES = 10800.0
 """Seconds a revoke is kept when the app has no ``worker_revoke_expires`` setting."""
 
 Destination = str | Sequence[str] | None
@@ -135,7 +134,7 @@ class Control:
         """Revoke the task(s): kept in the broker first, then broadcast (``terminate``
         also stops them where they run, with ``signal``)."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        expires = float(getattr(self.app.conf, "worker_revoke_expires", DEFAULT_REVOKE_EXPIRES))
+        expires = float(self.app.conf.worker_revoke_expires)
         until = time.time() + expires
         broker = await self.app.abroker()
         await broker.operations().store_revoked(dict.fromkeys(ids, until))

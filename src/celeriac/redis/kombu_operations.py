@@ -55,7 +55,6 @@ from ..brokers.operations import (
     EVENT_EXCHANGE,
     MAILBOX_EXCHANGE,
     REPLY_EXCHANGE,
-    Operations,
     Received,
     Subscription,
     event_messages,
@@ -68,7 +67,7 @@ from .operations import (
     BlockingSubscription,
     Errors,
     PubSubSubscription,
-    RevokedSet,
+    RedisPlane,
     database,
     own_connection,
 )
@@ -196,7 +195,7 @@ class _ReplyQueue(BlockingSubscription):
             await self._reader.aclose()
 
 
-class KombuRedisOperations(Operations):
+class KombuRedisOperations(RedisPlane):
     """The plane of one ``KombuRedisBroker``, on its connection pool; see the module docstring."""
 
     def __init__(
@@ -206,15 +205,12 @@ class KombuRedisOperations(Operations):
         errors: Errors,
         transport_options: Mapping[str, Any],
     ):
-        self._client = client
+        super().__init__(client, layout.prefix + REVOKED_KEY, errors)
         self._layout = layout
-        self._errors = errors
         fanout = layout.prefix + _fanout_prefix(transport_options, database(client))
         self._patterns = bool(transport_options.get("fanout_patterns", True))
         self._events = fanout + EVENT_EXCHANGE
         self._mailbox = fanout + MAILBOX_EXCHANGE
-        self._revoked = RevokedSet(client, layout.prefix + REVOKED_KEY, errors)
-        self._opened: set[Subscription] = set()
 
     async def send_events(self, events: Sequence[dict[str, Any]]) -> None:
         if not events:
@@ -270,13 +266,3 @@ class KombuRedisOperations(Operations):
             await queue.close()
             raise
         return queue
-
-    async def store_revoked(self, revoked: Mapping[str, float]) -> None:
-        await self._revoked.store(revoked)
-
-    async def revoked(self) -> dict[str, float]:
-        return await self._revoked.read()
-
-    async def close(self) -> None:
-        for subscription in list(self._opened):
-            await subscription.close()

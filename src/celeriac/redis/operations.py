@@ -51,6 +51,7 @@ __all__ = [
     "Errors",
     "PubSubSubscription",
     "RedisOperations",
+    "RedisPlane",
     "RevokedSet",
     "database",
     "own_connection",
@@ -290,19 +291,37 @@ def _frame(headers: Mapping[str, Any], body: Mapping[str, Any]) -> bytes:
     return json_dumps([dict(headers), dict(body)])
 
 
-class RedisOperations(Operations):
+class RedisPlane(Operations):
+    """What both Redis layouts' planes share: the broker's pool and error mapping, the
+    revokes in a sorted set, the subscriptions to close with the plane."""
+
+    def __init__(self, client: aioredis.Redis, revoked_key: str, errors: Errors):
+        self._client = client
+        self._errors = errors
+        self._revoked = RevokedSet(client, revoked_key, errors)
+        self._opened: set[Subscription] = set()
+
+    async def store_revoked(self, revoked: Mapping[str, float]) -> None:
+        await self._revoked.store(revoked)
+
+    async def revoked(self) -> dict[str, float]:
+        return await self._revoked.read()
+
+    async def close(self) -> None:
+        for subscription in list(self._opened):
+            await subscription.close()
+
+
+class RedisOperations(RedisPlane):
     """The plane of one ``RedisBroker``, on its connection pool; see the module docstring."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, errors: Errors):
         """``prefix``: the broker's, ``celeriac:`` included (``P`` above)."""
+        super().__init__(client, prefix + REVOKED_KEY, errors)
         db = database(client)
-        self._client = client
-        self._errors = errors
         self._events = prefix + EVENTS_KEY
         self._mailbox = prefix + MAILBOX_CHANNEL.format(db=db)
         self._reply = prefix + REPLY_CHANNEL.format(db=db, routing_key="")
-        self._revoked = RevokedSet(client, prefix + REVOKED_KEY, errors)
-        self._opened: set[Subscription] = set()
 
     async def send_events(self, events: Sequence[dict[str, Any]]) -> None:
         if not events:
@@ -341,13 +360,3 @@ class RedisOperations(Operations):
         return await PubSubSubscription.open(
             self._client, _framed, self._errors, self._opened, channel=self._reply + routing_key
         )
-
-    async def store_revoked(self, revoked: Mapping[str, float]) -> None:
-        await self._revoked.store(revoked)
-
-    async def revoked(self) -> dict[str, float]:
-        return await self._revoked.read()
-
-    async def close(self) -> None:
-        for subscription in list(self._opened):
-            await subscription.close()

@@ -327,6 +327,7 @@ class TaskConsumer:
                 await consumer.ack(job.delivery)
             return decision.outcome
         self.ctx.state.reserved[job.id] = job
+        waited = self._slots.locked()
         try:
             started = await self._take_slot()
         finally:
@@ -334,6 +335,11 @@ class TaskConsumer:
         if not started:  # prefetched, never started: hand it back
             await consumer.requeue(job.delivery, count=False)
             return None
+        if waited and (refused := self.ctx.revokes.refused(job)) is not None:
+            self._slots.release()  # revoked while it waited for the slot
+            if not job.task.acks_late:
+                await consumer.ack(job.delivery)
+            return refused
         try:
             return await self._run(consumer, job)
         finally:

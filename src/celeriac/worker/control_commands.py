@@ -45,7 +45,6 @@ logger = logging.getLogger("celeriac.worker")
 NO_REPLY: Any = object()
 """What ``shutdown`` answers: nothing (Celery's worker exits without a reply)."""
 
-DEFAULT_REVOKE_EXPIRES = 10800.0
 DEFAULT_TASK_INFO_ITEMS = ("exchange", "routing_key", "rate_limit")
 
 
@@ -238,7 +237,7 @@ async def _conf(panel: Panel, with_defaults: bool = False, **_: Any) -> Any:
 
 
 def _until(panel: Panel) -> float:
-    expires = getattr(panel.ctx.app.conf, "worker_revoke_expires", DEFAULT_REVOKE_EXPIRES)
+    expires = panel.ctx.app.conf.worker_revoke_expires
     return time.time() + float(expires)
 
 

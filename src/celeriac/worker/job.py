@@ -6,6 +6,7 @@ raises :class:`Undeliverable`, and the consumer dead-letters it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from ..errors import (
     NotRegistered,
     SerializationError,
 )
-from ..protocol import Message, TaskBody, check_headers
+from ..protocol import Message, TaskBody, check_headers, parse_timestamp
 from ..request import Request
 from ..sending import check_message_size
 from ..serialization import Codec
@@ -51,6 +52,13 @@ class Job:
     @property
     def message(self) -> Message:
         return self.delivery.message
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the task's ``expires`` time has passed (at ``now``, unix seconds)."""
+        if self.request.expires is None:
+            return False
+        expires = parse_timestamp(self.request.expires)
+        return expires is not None and (time.time() if now is None else now) > expires
 
 
 def decode_job(app: Celeriac, codec: Codec, delivery: Delivery, hostname: str) -> Job:

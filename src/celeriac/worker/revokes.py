@@ -38,6 +38,7 @@ from .. import states
 from ..backends.base import ResultBackend, ResultMeta
 from ..brokers.operations import Operations
 from ..errors import TaskRevokedError
+from ..execution import Outcome
 from .job import Job
 
 __all__ = [
@@ -178,6 +179,14 @@ class Revokes:
             if stamp_key(header, value) in self:
                 return f"revoked by header: {{{header!r}: {value!r}}}"
         return None
+
+    def refused(self, job: Job) -> Outcome | None:
+        """The REVOKED outcome of a task that must not run (logged), or None."""
+        why = self.revoked_by(job)
+        if why is None:
+            return None
+        logger.info("Discarding revoked task: %s[%s] (%s)", job.name, job.id, why)
+        return Outcome(states.REVOKED, exc=TaskRevokedError("revoked"))
 
     async def revoke(
         self, ids: Sequence[str], *, terminate: bool = False, signal: str = "SIGTERM", until: float

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from ... import states
@@ -36,7 +35,6 @@ from ...errors import NotRegistered, Retry
 from ...events.dispatcher import EventDispatcher
 from ...events.event import SOFTWARE_INFO, load_average, short_repr
 from ...execution import Outcome
-from ...protocol import parse_timestamp
 from ..context import WorkerContext
 from ..job import Job
 from ..revokes import terminated_by
@@ -187,13 +185,8 @@ def _outcome_fields(job: Job, outcome: Outcome) -> dict[str, Any] | None:
             "type": "task-revoked",
             "terminated": signum is not None,
             "signum": signum,
-            "expired": _expired(job),
+            "expired": job.expired(),
         }
     if state == states.REJECTED:
         return {"type": "task-rejected", "requeue": True}
     return None
-
-
-def _expired(job: Job) -> bool:
-    expires = parse_timestamp(job.request.expires) if job.request.expires else None
-    return expires is not None and time.time() > expires

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from ... import states
 from ...errors import TaskRevokedError
 from ...execution import Outcome
-from ...protocol import parse_timestamp
 from ..context import WorkerContext
 from ..job import Job
 from .base import Defer, Middleware, Skip
@@ -15,10 +12,7 @@ from .base import Defer, Middleware, Skip
 
 class Expiry(Middleware):
     async def before_task(self, ctx: WorkerContext, job: Job) -> Skip | Defer | None:
-        if job.request.expires is None:
-            return None
-        expires = parse_timestamp(job.request.expires)
-        if expires is not None and time.time() > expires:
+        if job.expired():
             exc = TaskRevokedError(f"task {job.id} expired at {job.request.expires}")
             return Skip(Outcome(states.REVOKED, exc=exc))
         return None

@@ -15,7 +15,8 @@ from ... import states
 from ...errors import MessageTooLarge, Retry
 from ...execution import Outcome, autoretry_countdown
 from ...protocol import Message, Outgoing, TaskBody
-from ...sending import check_message_size
+from ...sending import announce, check_message_size
+from ...signals import before_task_publish
 from ..context import WorkerContext
 from ..job import Job
 from .base import Middleware
@@ -52,7 +53,9 @@ class Retries(Middleware):
         headers["retries"] = job.request.retries + 1
         headers["eta"] = datetime.fromtimestamp(not_before, UTC).isoformat()
         body_bytes = message.body
-        if retry.new_args is not None or retry.new_kwargs is not None:
+        queue = str(retry.options.get("queue") or job.delivery.queue)
+        new_arguments = retry.new_args is not None or retry.new_kwargs is not None
+        if new_arguments or before_task_publish.receivers:
             body = TaskBody(
                 retry.new_args if retry.new_args is not None else job.body.args,
                 retry.new_kwargs if retry.new_kwargs is not None else job.body.kwargs,
@@ -61,15 +64,26 @@ class Retries(Middleware):
                 job.body.chain,
                 job.body.chord,
             )
+            payload = body.to_payload()
+            if before_task_publish.receivers:  # as a Celery worker's retry: apply_async's
+                before_task_publish.send(
+                    sender=job.name,
+                    body=payload,
+                    exchange="",
+                    routing_key=queue,
+                    headers=headers,
+                    properties=dict(message.properties),
+                    declare=[queue],
+                    retry_policy={"max_retries": 0},
+                )
             # Encoded as the message was, since its content type goes with it.
-            body_bytes, _, _ = ctx.codec.dumps(body.to_payload(), message.content_type)
+            body_bytes, _, _ = ctx.codec.dumps(payload, message.content_type)
             check_message_size(ctx.app.conf.task_message_max_size, job.name, body_bytes)
-        queue = str(retry.options.get("queue") or job.delivery.queue)
         priority = int(retry.options.get("priority", message.priority) or 0)
         new = Message(
             headers, body_bytes, message.content_type, message.content_encoding, message.properties
         )
         broker = await ctx.connections.abroker()
-        await broker.publish(
-            [Outgoing(queue, new, priority, not_before if countdown > 0 else None)]
-        )
+        batch = [Outgoing(queue, new, priority, not_before if countdown > 0 else None)]
+        await broker.publish(batch)
+        await announce(ctx.app, broker, batch)

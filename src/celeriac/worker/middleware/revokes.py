@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import logging
 
-from ... import states
-from ...errors import TaskRevokedError
-from ...execution import Outcome
 from ..context import WorkerContext
 from ..job import Job
 from .base import Defer, Middleware, Skip
@@ -22,8 +19,5 @@ logger = logging.getLogger("celeriac.worker")
 
 class Revoked(Middleware):
     async def before_task(self, ctx: WorkerContext, job: Job) -> Skip | Defer | None:
-        why = ctx.revokes.revoked_by(job)
-        if why is None:
-            return None
-        logger.info("Discarding revoked task: %s[%s] (%s)", job.name, job.id, why)
-        return Skip(Outcome(states.REVOKED, exc=TaskRevokedError("revoked")))
+        outcome = ctx.revokes.refused(job)
+        return None if outcome is None else Skip(outcome)

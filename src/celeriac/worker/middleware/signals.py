@@ -18,13 +18,10 @@ no one listens.
 
 from __future__ import annotations
 
-import time
-
 from ... import states
 from ...brokers.base import Delivery
 from ...errors import NotRegistered, Reject
 from ...execution import ExceptionInfo, Outcome
-from ...protocol import parse_timestamp
 from ...signals import (
     task_failure,
     task_postrun,
@@ -96,7 +93,7 @@ class Signals(Middleware):
                 request=request,
                 terminated=bool(job.extras.get(_RAN)),
                 signum=None,
-                expired=_expired(job),
+                expired=job.expired(),
             )
         if job.extras.get(_RAN) and task_postrun.receivers:
             await task_postrun.asend(
@@ -127,8 +124,3 @@ class Signals(Middleware):
         elif not isinstance(cause, Reject) and task_rejected.receivers:
             # a task's own Reject is its outcome (task_postrun says REJECTED), as in Celery
             await task_rejected.asend(sender=ctx, message=message, exc=cause)
-
-
-def _expired(job: Job) -> bool:
-    expires = parse_timestamp(job.request.expires) if job.request.expires else None
-    return expires is not None and time.time() > expires
