@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from functools import partial
@@ -32,7 +31,7 @@ from celeriac.errors import ConfigurationError
 from celeriac.sending import SendOptions
 from celeriac.testing import WorkerProcess
 
-from .services import rabbitmq_url
+from .services import rabbitmq_url, rabbitmq_vhost
 from .worker_processes import ROOT, run_lines, runs, wait_for, worker_env
 
 Where = tuple[str, str, str, int]
@@ -345,11 +344,7 @@ def test_a_celery_client_routes_through_a_topic_exchange_to_a_celeriac_worker(
 ) -> None:
     """Celery publishes to exchange ``media`` with an image key; the celeriac worker bound
     ``images`` to it as Celery binds it, and runs the task."""
-    vhost = f"celeriac-routing-{os.getpid()}"
-    rabbitmqctl("add_vhost", vhost)
-    try:
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    with rabbitmq_vhost(f"celeriac-routing-{os.getpid()}") as url:
         env = {**rabbit_env, "CELERIAC_BROKER_URL": url}
         worker = rabbit_worker(env, tmp_path, "images", "-Q", "images")
         client = Celery("client", broker=url, set_as_current=False)
@@ -374,9 +369,3 @@ def test_a_celery_client_routes_through_a_topic_exchange_to_a_celeriac_worker(
         finally:
             client.close()
             worker.stop()
-    finally:
-        rabbitmqctl("delete_vhost", vhost)
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=120, check=True)

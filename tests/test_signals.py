@@ -506,7 +506,7 @@ def test_a_celeriac_worker_sends_what_a_celery_worker_sends(
         celery_worker.wait(TIMEOUT)
 
     celery_side, celeriac_side = records(worker_log, "celery"), records(worker_log, "celeriac")
-    skip = {"on_after_fork"}  # Celery: only if its pool was made first
+    skip = frozenset({"on_after_fork"})  # Celery: only if its pool was made first
     ours, theirs = summary(celeriac_side, skip), summary(celery_side, skip)
     assert set(ours) == set(theirs) == {*signals_app.RECORDED, "header_echo"}
     for name in theirs:

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..brokers.operations import Operations, Received, Subscription
 from ..control.mailbox import addressed_to, clock, expired
+from ..errors import BrokerError
 from .context import WorkerContext
 from .control_commands import COMMANDS, NO_REPLY, Panel
 from .local_operations import run_local
@@ -54,7 +55,11 @@ class RemoteControl(Middleware):
             except NotImplementedError as exc:
                 logger.warning("remote control is off: %s", exc)
                 return
-            subscription = await operations.subscribe_commands(ctx.hostname)  # listening now
+            subscription: Subscription | None = None
+            try:
+                subscription = await operations.subscribe_commands(ctx.hostname)  # listening now
+            except BrokerError as exc:  # tasks run without remote control; it keeps trying
+                logger.error("remote control is off for now: %s", exc)
             panel = Panel(ctx, self._link)
             loop = asyncio.get_running_loop()
             self._listener = loop.create_task(self._listen(panel, operations, subscription))
