@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -97,7 +98,7 @@ def choose_config(
         autoscale_keepalive=conf.worker_autoscale_keepalive,
     )
     if hostname:
-        config.hostname = hostname
+        config.hostname = expand_hostname(hostname)
     return config
 
 
@@ -108,3 +109,14 @@ def consumed_queues(app: Celeriac, wanted: list[str] | None) -> list[str]:
     if not wanted:
         return list(dict.fromkeys(queue.name for queue in table.values()))
     return [table[name].name if name in table else name for name in wanted]
+
+
+def expand_hostname(name: str, host: str | None = None) -> str:
+    """Celery's node-name placeholders: ``%h`` the host's name, ``%n`` its first label,
+    ``%d`` the rest (the domain), ``%%`` a percent sign; a name without ``@`` is the
+    host part (``-n w1`` -> ``celeriac@w1``), as Celery's ``-n`` (``celery@w1``)."""
+    host = host or socket.gethostname()
+    short, _, domain = host.partition(".")
+    values = {"h": host, "n": short, "d": domain, "%": "%"}
+    expanded = re.sub(r"%([hnd%])", lambda m: values[m.group(1)], name)
+    return expanded if "@" in expanded else f"celeriac@{expanded}"
