@@ -50,12 +50,13 @@ def client(env: dict[str, str]) -> Iterator[Celeriac]:
 
 @contextlib.contextmanager
 def worker(
-    env: dict[str, str], tmp_path: Path, *args: str, name: str = "worker"
+    env: dict[str, str], tmp_path: Path, *args: str, name: str = "worker", ready: bool = True
 ) -> Iterator[WorkerProcess]:
-    """A started worker; whatever is left of its process group is SIGKILLed at the end."""
+    """A started worker (ready, unless ``ready=False``: just started); whatever is left of
+    its process group is SIGKILLed at the end."""
     w = WorkerProcess("tests.apps.shutdown", *args, cwd=ROOT, env=env, log=tmp_path / f"{name}.log")
     try:
-        yield w.start()
+        yield w.start(wait=ready)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid(w), signal.SIGKILL)
@@ -184,7 +185,7 @@ def test_a_signal_before_a_child_has_its_handlers_waits_for_them(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**env, "CHILD_START_DELAY": "2"}
-    with worker(env, tmp_path, "-c", "2") as w:
+    with worker(env, tmp_path, "-c", "2", ready=False) as w:  # ready comes after the hold
         wait_for(lambda: len(events(env, "forked")) == 2, 5, "both children forked")
         os.killpg(pgid(w), signal.SIGTERM)
         assert events(env, "unheld") == [], "the children left their hold before the signal"

@@ -109,12 +109,14 @@ class WorkerProcess:
         self.log_path = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_timeout: float = 20.0) -> WorkerProcess:
+    def start(self, ready_timeout: float = 20.0, *, wait: bool = True) -> WorkerProcess:
+        """Start the worker; with ``wait`` (and a log), return once it says it is ready:
+        every process consumes, its queues take messages for it."""
         with open(self.log_path or os.devnull, "wb") as out:  # the child keeps its own copy
             self.proc = subprocess.Popen(
                 self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=out, start_new_session=True
             )
-        if self.log_path is not None:
+        if wait and self.log_path is not None:
             deadline = time.monotonic() + ready_timeout
             while time.monotonic() < deadline:
                 if b" ready" in self.log_path.read_bytes():

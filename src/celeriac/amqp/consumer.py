@@ -68,6 +68,8 @@ class AmqpConsumer(Consumer):
         self._buffer: deque[AbstractIncomingMessage] = deque()
         self._arrived = asyncio.Event()
         self._prefetch = 0
+        self._unsettled = False
+        """A channel just opened: the first fetch waits for its burst (priority order)."""
         self._unacked: dict[int, str] = {}
         """id(incoming message) -> queue, for every unacked delivery on the channel."""
         self._tags: dict[str, str] = {}
@@ -101,12 +103,16 @@ class AmqpConsumer(Consumer):
             self._prefetch = limit
             channel.close_callbacks.add(lambda *_: self._arrived.set())
             await self._consume(channel)
+            self._unsettled = True
         except BrokerError:
             raise
         except Exception as exc:
             raise unavailable(self.broker.url, exc) from exc
         self._channel = channel
         return channel
+
+    async def start(self, limit: int) -> None:
+        await self._open(limit)
 
     async def _consume(self, channel: AbstractChannel) -> None:
         """(Re)start consuming every queue; old tags stay known for deliveries in flight."""
@@ -140,10 +146,9 @@ class AmqpConsumer(Consumer):
         if acks:
             await self._ack(acks)
         try:
-            fresh = self._channel is None
             channel = await self._open(limit)
             want = len(self._unacked) - len(self._buffer) + limit
-            fresh = fresh or want > self._prefetch
+            fresh, self._unsettled = self._unsettled or want > self._prefetch, False
             if want > self._prefetch:
                 await channel.set_qos(prefetch_count=want, global_=self._global_qos)
                 self._prefetch = want

@@ -277,6 +277,11 @@ class Consumer(ABC):
             self._held[id(d)] = d
         return ready
 
+    async def start(self, limit: int) -> None:  # noqa: B027 - optional hook
+        """Begin receiving, ready to take up to ``limit``: a message published from now on
+        reaches this consumer's queues (RabbitMQ declares and binds them here). Brokers
+        whose queues need no declaring have nothing to do."""
+
     async def ack(self, delivery: Delivery, writes: Sequence[StorageWrite] = ()) -> None:
         """Acknowledge ``delivery`` soon; ``writes`` (only for a broker with a
         ``storage``) are made before the ack or in the same transaction."""

@@ -30,7 +30,9 @@ from .common import LOG_FORMAT, VERSION, get_app, run, setup_logging
 @click.option(
     "--prefetch", type=int, help="Prefetch multiplier: deliveries held per slot (default 1)."
 )
-@click.option("-n", "--hostname", help="Node name (default celeriac@<host>; %h, %n, %d as in Celery).")
+@click.option(
+    "-n", "--hostname", help="Node name (default celeriac@<host>; %h, %n, %d as in Celery)."
+)
 @click.option("-l", "--loglevel", default="INFO", show_default=True, help="Log level.")
 @click.option("--max-tasks-per-child", type=int, help="Replace a child after this many tasks.")
 @click.option("--max-memory-per-child", type=int, help="Replace a child past this resident KiB.")

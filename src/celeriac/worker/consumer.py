@@ -75,6 +75,7 @@ class TaskConsumer:
         exit_on_hard_timeout: bool = False,
         node: Node | None = None,
         slot: int = 0,
+        announce_ready: bool = False,
     ):
         self.app = app
         self.queues = list(queues)
@@ -95,6 +96,9 @@ class TaskConsumer:
         self._after = with_own(self.middleware, "after_task")
         self._on_dead_letter = with_own(self.middleware, "dead_lettered")
         self.max_tasks = max_tasks
+        self.announce_ready = announce_ready
+        self._receiving: Consumer | None = None
+        """The broker consumer last started (``Consumer.start``)."""
         self.max_memory_kib = max_memory_kib
         self.shutdown_timeout = shutdown_timeout
         self.exit_on_hard_timeout = exit_on_hard_timeout
@@ -216,6 +220,9 @@ class TaskConsumer:
                 )
                 continue
             try:
+                if consumer is not self._receiving:
+                    await consumer.start(room)
+                    self._consuming(consumer)
                 deliveries = await consumer.fetch(room, FETCH_TIMEOUT)
             except BrokerError as exc:
                 self._broker_down(exc, backoff)
@@ -231,6 +238,16 @@ class TaskConsumer:
                 task = asyncio.get_running_loop().create_task(self._handle(consumer, delivery))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
+
+    def _consuming(self, consumer: Consumer) -> None:
+        """``consumer`` takes messages now: the node's slot is ready (the supervisor says
+        so once every child is); a one-process worker says so itself."""
+        first = self._receiving is None
+        self._receiving = consumer
+        if first:
+            self.node.mark_ready(self.slot)
+            if self.announce_ready:
+                logger.info("%s ready: consuming %s", self.ctx.hostname, ", ".join(self.queues))
 
     def _broker_down(self, exc: BaseException, backoff: float) -> None:
         self.stats.broker_ok = False

@@ -51,6 +51,7 @@ class Node:
         self.hostname = hostname
         self.capacity = max(1, capacity)
         self._pid: Any = multiprocessing.Array("q", self.capacity, lock=False)
+        self._ready: Any = multiprocessing.Array("b", self.capacity, lock=False)
         self._active: Any = multiprocessing.Array("q", self.capacity, lock=False)
         self._processed: Any = multiprocessing.Array("q", self.capacity, lock=False)
         self._deadline: Any = multiprocessing.Array("d", self.capacity, lock=False)
@@ -68,6 +69,7 @@ class Node:
     def occupy(self, index: int) -> None:
         """The calling process takes ``index`` (a fresh child, or the only process)."""
         self._pid[index] = os.getpid()
+        self._ready[index] = 0
         self._active[index] = 0
         self._deadline[index] = 0.0
 
@@ -75,8 +77,16 @@ class Node:
         """The supervisor saw the process of ``index`` exit; its running tasks stop
         counting (its processed ones stay in the node's total)."""
         self._pid[index] = 0
+        self._ready[index] = 0
         self._active[index] = 0
         self._deadline[index] = 0.0
+
+    def mark_ready(self, index: int) -> None:
+        """The process of ``index`` consumes: its queues take messages for it now."""
+        self._ready[index] = 1
+
+    def ready(self, index: int) -> bool:
+        return bool(self._ready[index])
 
     def task_started(self, index: int) -> None:
         self._active[index] += 1

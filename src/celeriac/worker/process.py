@@ -71,6 +71,7 @@ def build_consumer(
         exit_on_hard_timeout=child,
         node=node,
         slot=slot,
+        announce_ready=not child,
     )
 
 
@@ -119,8 +120,6 @@ def run_process(
     for signum in warm_signals:
         loop.add_signal_handler(signum, warm, signum)
     loop.add_signal_handler(signal.SIGQUIT, cold, signal.SIGQUIT)
-    if not child:
-        logger.info("%s ready: consuming %s", config.hostname, ", ".join(config.queues))
     try:
         reason = loop.run_until_complete(_run(app, consumer, child))
     finally:

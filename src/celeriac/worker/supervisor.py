@@ -99,11 +99,14 @@ class Supervisor:
         for signum in SHUTDOWN_SIGNALS:
             signal.signal(signum, self._on_signal)
         self._resize()
-        logger.info("%s ready: %d process(es)", self.config.hostname, len(self.children))
+        announced = False
         shutdown_started: float | None = None
         while self.children or not self._signals:
             time.sleep(TICK)
             self._reap()
+            if not announced and all(self.node.ready(c.index) for c in self.children.values()):
+                announced = True
+                logger.info("%s ready: %d process(es)", self.config.hostname, len(self.children))
             if self._signals == 0:
                 self._watch_deadlines()
                 self._resize()
