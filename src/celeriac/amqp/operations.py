@@ -242,12 +242,7 @@ class _RevokeFollower:
     ) -> None:
         stream = broker.name(REVOKED_STREAM)
         try:
-            self._channel = await broker.channel()
-            await self._channel.set_qos(prefetch_count=READ_PREFETCH)
-            queue = await self._channel.declare_queue(
-                stream, durable=True, arguments=REVOKED_ARGUMENTS
-            )
-            await queue.consume(self._on_message, arguments={"x-stream-offset": "first"})
+            await self._consume(broker, stream)
             await append(b"{}", {MARKER_HEADER: self._marker})
             async with asyncio.timeout(READ_TIMEOUT):
                 await self._caught_up.wait()
@@ -257,6 +252,26 @@ class _RevokeFollower:
             raise
         except Exception as exc:
             raise BrokerError(f"RabbitMQ refused to read the revoke stream: {exc}") from exc
+
+    async def _consume(self, broker: Channels, stream: str) -> None:
+        """Consume ``stream`` from its first offset. A stream declared a moment ago may
+        not be up yet (RabbitMQ: "does not have a replica on the local node"): tried
+        again, for up to ``READ_TIMEOUT``."""
+        deadline = time.monotonic() + READ_TIMEOUT
+        while True:
+            self._channel = await broker.channel()
+            try:
+                await self._channel.set_qos(prefetch_count=READ_PREFETCH)
+                queue = await self._channel.declare_queue(
+                    stream, durable=True, arguments=REVOKED_ARGUMENTS
+                )
+                await queue.consume(self._on_message, arguments={"x-stream-offset": "first"})
+                return
+            except Exception as exc:
+                if "replica" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                await self.close()
+                await asyncio.sleep(0.05)
 
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
         await incoming.ack()
