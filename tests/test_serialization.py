@@ -10,7 +10,9 @@ from uuid import uuid4
 import pytest
 from kombu.utils import json as kombu_json
 
+from celeriac import errors
 from celeriac.errors import ContentDisallowed, SerializationError
+from celeriac.exception_codec import decode_exception, encode_exception
 from celeriac.serialization import Codec, json_dumps, json_loads
 
 VALUES = [
@@ -74,3 +76,33 @@ def test_undecodable_payload_is_a_serialization_error() -> None:
 def test_unserializable_value_is_a_serialization_error() -> None:
     with pytest.raises(SerializationError, match="json"):
         Codec(["json"]).dumps([object()], "json")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        errors.TaskRevokedError("terminated"),
+        errors.TimeLimitExceeded("took too long"),
+        errors.SoftTimeLimitExceeded(),
+        errors.ChordError("Dependency 1 raised"),
+        errors.NotRegistered("no.such.task"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_celerys_failures_are_stored_as_celerys_and_read_as_celeriacs(exc: Exception) -> None:
+    """Celery's backend (``exception_to_python``) is the oracle: what celeriac stores, a
+    Celery client raises as Celery's own class; what Celery stores, celeriac reads as its."""
+    celery = pytest.importorskip("celery")
+    backend_base = pytest.importorskip("celery.backends.base")
+    celery_exceptions = pytest.importorskip("celery.exceptions")
+    app = celery.Celery("codec", set_as_current=False)
+    backend = backend_base.Backend(app)
+    try:
+        theirs = backend.exception_to_python(encode_exception(exc))
+        celery_class = getattr(celery_exceptions, type(exc).__name__)
+        assert type(theirs) is celery_class
+        stored_by_celery = backend.prepare_exception(celery_class(*exc.args), "json")
+        ours = decode_exception(stored_by_celery)
+        assert type(ours) is type(exc) and ours.args == exc.args
+    finally:
+        app.close()

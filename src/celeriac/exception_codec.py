@@ -4,6 +4,12 @@ A failure is stored as ``{"exc_type", "exc_message", "exc_module"}``. Reading
 it back never imports anything: the class is used only when its module is
 already in ``sys.modules`` (the caller imported it) and the name resolves to
 an exception class there; otherwise the caller gets a :class:`TaskError`.
+
+celeriac's errors that stand for Celery's (:data:`AS_CELERY`: a revoke, a time
+limit, a chord's failure, ...) are stored under Celery's module for them, so a
+Celery client reading the result raises Celery's own class, and read back
+as celeriac's, whoever stored them: ``except TaskRevokedError`` (from
+``celeriac.exceptions``) catches a revoke a Celery worker stored too.
 """
 
 from __future__ import annotations
@@ -11,9 +17,26 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from . import errors
 from .errors import TaskError
 
 __all__ = ["decode_exception", "encode_exception"]
+
+
+AS_CELERY: dict[str, str] = {
+    "ChordError": "celery.exceptions",
+    "Ignore": "celery.exceptions",
+    "MaxRetriesExceededError": "celery.exceptions",
+    "NotRegistered": "celery.exceptions",
+    "Reject": "celery.exceptions",
+    "Retry": "celery.exceptions",
+    "TaskRevokedError": "celery.exceptions",
+    "SoftTimeLimitExceeded": "billiard.exceptions",
+    "TimeLimitExceeded": "billiard.exceptions",
+    "WorkerLostError": "billiard.exceptions",
+}
+"""celeriac's errors that are Celery's, with the module Celery's class lives in (the time
+limits and a lost worker are billiard's, re-exported by ``celery.exceptions``)."""
 
 
 def encode_exception(exc: BaseException) -> dict[str, Any]:
@@ -21,7 +44,10 @@ def encode_exception(exc: BaseException) -> dict[str, Any]:
     args = [
         a if isinstance(a, str | int | float | bool | type(None)) else repr(a) for a in exc.args
     ]
-    return {"exc_type": cls.__qualname__, "exc_message": args, "exc_module": cls.__module__}
+    module = cls.__module__
+    if module == errors.__name__ and cls.__qualname__ in AS_CELERY:
+        module = AS_CELERY[cls.__qualname__]
+    return {"exc_type": cls.__qualname__, "exc_message": args, "exc_module": module}
 
 
 def decode_exception(data: Any, traceback: str | None = None) -> BaseException:
@@ -32,6 +58,8 @@ def decode_exception(data: Any, traceback: str | None = None) -> BaseException:
     module_name = str(data.get("exc_module") or "builtins")
     message = data.get("exc_message")
     args = tuple(message) if isinstance(message, list | tuple) else (message,)
+    if AS_CELERY.get(type_name) == module_name:
+        module_name = errors.__name__
     cls = _resolve_loaded(module_name, type_name)
     if cls is not None:
         try:
