@@ -21,7 +21,7 @@ from celeriac.worker.config import choose_config
 from celeriac.worker.node import Node
 
 from .services import redis_url
-from .worker_processes import ROOT, client_app, wait_for, worker_env
+from .worker_processes import client_app, revocable_worker, wait_for, worker_env
 
 NAP = "tests.apps.revocable.nap"
 
@@ -91,12 +91,6 @@ def client(env: dict[str, str]) -> Iterator[Celeriac]:
     app.close()
 
 
-def worker(env: dict[str, str], tmp_path: Path, *args: str) -> WorkerProcess:
-    return WorkerProcess(
-        "tests.apps.revocable", *args, cwd=ROOT, env=env, log=tmp_path / "worker.log"
-    )
-
-
 def children_become(w: WorkerProcess, count: int, timeout: float) -> None:
     wait_for(lambda: len(w.children()) == count, timeout, f"{count} children")
 
@@ -105,7 +99,7 @@ def children_become(w: WorkerProcess, count: int, timeout: float) -> None:
 def test_autoscale_grows_under_load_and_shrinks_after_keepalive(
     env: dict[str, str], client: Celeriac, tmp_path: Path
 ) -> None:
-    with worker(env, tmp_path, "--autoscale=3,1") as w:
+    with revocable_worker(env, tmp_path, "--autoscale=3,1") as w:
         children_become(w, 1, 10)
         results = [client.send_task(NAP, (1.0,)) for _ in range(8)]
         children_become(w, 3, 10)
@@ -122,7 +116,7 @@ def test_autoscale_grows_under_load_and_shrinks_after_keepalive(
 def test_pool_grow_and_shrink_change_the_child_count(
     env: dict[str, str], client: Celeriac, tmp_path: Path
 ) -> None:
-    with worker(env, tmp_path, "-c", "1") as w:
+    with revocable_worker(env, tmp_path, "-c", "1") as w:
         children_become(w, 1, 10)
         wait_for(lambda: client.control.ping(timeout=0.5, limit=1), 20, "the mailbox listens")
         client.control.pool_grow(2, reply=True, timeout=5, limit=1)

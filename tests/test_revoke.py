@@ -24,14 +24,14 @@ from celeriac.brokers.base import QueueStats
 from celeriac.errors import TaskRevokedError
 from celeriac.execution import Outcome
 from celeriac.result import AsyncResult
-from celeriac.testing import WorkerProcess, memory_app, worker_thread
+from celeriac.testing import memory_app, worker_thread
 from celeriac.worker.context import WorkerContext
 from celeriac.worker.job import Job
 from celeriac.worker.middleware import Middleware
 from celeriac.worker.revokes import Revokes, signal_number, stamp_key, terminated_by
 
 from .services import rabbitmq_url, redis_url
-from .worker_processes import ROOT, client_app, run_lines, wait_for, worker_env
+from .worker_processes import client_app, revocable_worker, run_lines, wait_for, worker_env
 
 NAP = "tests.apps.revocable.nap"
 ANAP = "tests.apps.revocable.anap"
@@ -60,12 +60,6 @@ def client(env: dict[str, str]) -> Iterator[Celeriac]:
     app = client_app(env)
     yield app
     app.close()
-
-
-def worker(env: dict[str, str], tmp_path: Path, *args: str) -> WorkerProcess:
-    return WorkerProcess(
-        "tests.apps.revocable", *args, cwd=ROOT, env=env, log=tmp_path / "worker.log"
-    )
 
 
 def events(env: dict[str, str], task_id: str) -> list[tuple[str, int]]:
@@ -103,7 +97,7 @@ def test_a_revoke_stored_before_the_worker_starts_is_honoured(
     revoked, acked_early = client.send_task(NAP, (0,)), client.send_task(EARLY)
     client.control.revoke([revoked.id, acked_early.id])  # no worker listens: kept in the broker
     later = client.send_task(NAP, (0,))
-    with worker(env, tmp_path, "-c", "2"):
+    with revocable_worker(env, tmp_path, "-c", "2"):
         assert later.get(timeout=20) == "rested"
         for result in (revoked, acked_early):
             wait_revoked(result)
@@ -127,7 +121,7 @@ def test_a_revoke_stored_before_the_worker_starts_is_honoured(
 def test_a_revoke_reaches_every_child_of_a_running_worker(
     env: dict[str, str], client: Celeriac, tmp_path: Path
 ) -> None:
-    with worker(env, tmp_path, "-c", "2") as w:
+    with revocable_worker(env, tmp_path, "-c", "2") as w:
         # One child busy for 1.5 s, the other for 3 s; then the queue holds
         # [first, middle, second]: the first child to be free takes `first`, then
         # `middle` (2.5 s), so `second` can only go to the other child.
@@ -156,7 +150,7 @@ def test_a_prefetched_task_revoked_while_it_waits_for_a_slot_is_not_run(
 ) -> None:
     """With a prefetch of 4, a task fetched behind a long one waits in the worker for
     the slot; a revoke arriving meanwhile must still stop it."""
-    with worker(env, tmp_path, "-P", "solo", "--prefetch", "4"):
+    with revocable_worker(env, tmp_path, "-P", "solo", "--prefetch", "4"):
         busy = client.send_task(NAP, (2.0,))
         wait_for(lambda: events(env, busy.id), 20, "the slot busy")
         held = client.send_task(NAP, (0,))
@@ -188,7 +182,7 @@ def terminated_within_a_second(client: Celeriac, result: AsyncResult[Any]) -> fl
 def test_terminate_ends_a_sync_task_and_its_process_pool_child(
     env: dict[str, str], client: Celeriac, tmp_path: Path
 ) -> None:
-    with worker(env, tmp_path, "-c", "2") as w:
+    with revocable_worker(env, tmp_path, "-c", "2") as w:
         result = client.send_task(NAP, (60,))
         wait_for(lambda: events(env, result.id), 20, "the task started")
         victim = events(env, result.id)[0][1]
@@ -208,7 +202,7 @@ def test_terminate_ends_a_sync_task_and_its_process_pool_child(
 def test_terminate_stops_a_task_in_a_one_process_pool(
     env: dict[str, str], client: Celeriac, tmp_path: Path, pool: str, task: str
 ) -> None:
-    with worker(env, tmp_path, "-P", pool, "-c", "2") as w:
+    with revocable_worker(env, tmp_path, "-P", pool, "-c", "2") as w:
         assert w.proc is not None
         pid = w.proc.pid
         result = client.send_task(task, (60,))
@@ -230,7 +224,7 @@ def stamped(client: Celeriac, task: str, seconds: float, value: Any) -> AsyncRes
 
 @pytest.mark.slow
 def test_revoke_by_stamped_headers(env: dict[str, str], client: Celeriac, tmp_path: Path) -> None:
-    with worker(env, tmp_path, "-P", "thread", "-c", "2"):
+    with revocable_worker(env, tmp_path, "-P", "thread", "-c", "2"):
         wait_for(lambda: client.control.ping(timeout=0.5, limit=1), 20, "the mailbox listens")
         headers = {"mtask_id": "m1"}
         assert client.control.revoke_by_stamped_headers(headers, reply=True, timeout=5, limit=1)

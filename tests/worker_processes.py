@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from celeriac import Celeriac
+from celeriac.testing import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 """Where workers start, so ``tests.apps.*`` import."""
@@ -35,6 +36,13 @@ def worker_env(
         "CELERIAC_WORKER_SHUTDOWN_TIMEOUT": str(shutdown_timeout),
         "RUN_LOG": str(tmp_path / "runs.log"),
     }
+
+
+def revocable_worker(env: dict[str, str], tmp_path: Path, *args: str) -> WorkerProcess:
+    """A worker of ``tests.apps.revocable``, for the revoke and autoscale tests."""
+    return WorkerProcess(
+        "tests.apps.revocable", *args, cwd=ROOT, env=env, log=tmp_path / "worker.log"
+    )
 
 
 def client_app(env: dict[str, str]) -> Celeriac:
