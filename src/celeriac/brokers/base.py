@@ -128,8 +128,9 @@ class Broker(ABC):
             self._operations = self._make_operations()
         return self._operations
 
+    @abstractmethod
     def _make_operations(self) -> Operations:
-        raise NotImplementedError(f"{type(self).__name__} has no operations plane yet")
+        """The broker's plane (a module of its technology's folder; see ``operations.py``)."""
 
     storage: str | None = None
     """The database the messages live in, when a result store in the same one can

@@ -340,9 +340,7 @@ class TaskConsumer:
             await consumer.requeue(job.delivery, decision.delay, count=False)
             return None
         if isinstance(decision, Skip):
-            if not job.task.acks_late:  # it never ran, so it was never acknowledged
-                await consumer.ack(job.delivery)
-            return decision.outcome
+            return await self._skipped(consumer, job, decision.outcome)
         self.ctx.state.reserved[job.id] = job
         waited = self._slots.locked()
         try:
@@ -354,13 +352,18 @@ class TaskConsumer:
             return None
         if waited and (refused := self.ctx.revokes.refused(job)) is not None:
             self._slots.release()  # revoked while it waited for the slot
-            if not job.task.acks_late:
-                await consumer.ack(job.delivery)
-            return refused
+            return await self._skipped(consumer, job, refused)
         try:
             return await self._run(consumer, job)
         finally:
             self._slots.release()
+
+    async def _skipped(self, consumer: Consumer, job: Job, outcome: Outcome) -> Outcome:
+        """A task settled without running: with ``acks_late=False`` it was never
+        acknowledged, so it is now; otherwise its ack goes with the outcome."""
+        if not job.task.acks_late:
+            await consumer.ack(job.delivery)
+        return outcome
 
     async def _take_slot(self) -> bool:
         """Wait for a free task slot; False if a stop comes first.

@@ -49,12 +49,7 @@ class RemoteControl(Middleware):
         self._link = NodeLink(ctx.node, ctx.slot, functools.partial(run_local, ctx))
         await self._link.start()
         if ctx.is_voice:
-            broker = await ctx.connections.abroker()
-            try:
-                operations = broker.operations()
-            except NotImplementedError as exc:
-                logger.warning("remote control is off: %s", exc)
-                return
+            operations = (await ctx.connections.abroker()).operations()
             subscription: Subscription | None = None
             try:
                 subscription = await operations.subscribe_commands(ctx.hostname)  # listening now

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import Any
 
 from ... import states
@@ -42,8 +41,6 @@ from .base import Defer, Middleware, Skip
 
 __all__ = ["HEARTBEAT_INTERVAL", "Events"]
 
-logger = logging.getLogger("celeriac.events")
-
 HEARTBEAT_INTERVAL = 2.0
 """Seconds between two worker-heartbeat events (Celery's default ``freq``)."""
 
@@ -52,31 +49,22 @@ class Events(Middleware):
     def __init__(self, heartbeat_interval: float = HEARTBEAT_INTERVAL):
         self.heartbeat_interval = heartbeat_interval
         self.dispatcher: EventDispatcher | None = None
-        self._opened = False
         self._heart: asyncio.Task[None] | None = None
 
     async def startup(self, ctx: WorkerContext) -> None:
         if ctx.state.task_events or ctx.is_voice:
             await self._open(ctx)
-        if ctx.is_voice and self.dispatcher is not None:
+        if ctx.is_voice:
             self._worker_event(ctx, "worker-online")
             ctx.state.send_heartbeat = lambda: self._worker_event(ctx, "worker-heartbeat")
             self._heart = asyncio.get_running_loop().create_task(self._beat(ctx))
 
     async def _open(self, ctx: WorkerContext) -> None:
-        """Start the dispatcher, once (a broker without an operations plane: never)."""
-        if self._opened:
-            return
-        self._opened = True
+        """Start the dispatcher."""
         conf = ctx.app.conf
         broker = await ctx.connections.abroker()
-        try:
-            operations = broker.operations()
-        except NotImplementedError as exc:
-            logger.warning("no monitoring events: %s", exc)
-            return
         self.dispatcher = EventDispatcher(
-            operations, ctx.hostname, buffer_limit=conf.event_buffer_limit
+            broker.operations(), ctx.hostname, buffer_limit=conf.event_buffer_limit
         )
         self.dispatcher.start()
 
@@ -84,7 +72,7 @@ class Events(Middleware):
         """The dispatcher when task events are on (opened the first time), else None."""
         if not ctx.state.task_events:
             return None
-        if not self._opened:
+        if self.dispatcher is None:
             await self._open(ctx)
         return self.dispatcher
 
