@@ -149,7 +149,8 @@ def test_calling_link_error_gets_request_exc_and_traceback(env: dict[str, str]) 
     with pytest.raises(ValueError):
         res.get(timeout=TIMEOUT)
     log = Path(env["DOCS_ERRBACK_LOG"])
-    wait_for(log.exists, TIMEOUT, "the errback ran")
+    # The errback's write_text creates the file before it writes it: wait for the words.
+    wait_for(lambda: log.exists() and log.read_text() != "", TIMEOUT, "the errback ran")
     assert log.read_text() == f"Task {res.id} raised exception: ValueError('Something went wrong')"
 
 

@@ -26,8 +26,6 @@ from .celery_peers import running
 from .services import rabbitmq_vhost, redis_url
 from .worker_processes import ROOT, wait_for
 
-pytest.importorskip("flower")
-
 TIMEOUT = 60.0
 VHOST = f"celeriac-flower-{os.getpid()}"
 """A vhost of this run's own: Celery's fixed ``celeryev`` exchange is not shared."""
