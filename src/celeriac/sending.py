@@ -57,6 +57,7 @@ from .protocol import Message, Outgoing, TaskBody, nodename
 from .routing import destination
 from .serialization import Serializer, resolve_name
 from .settings import Settings
+from .shared_storage import StorageWrite
 from .signals import after_task_publish, before_task_publish
 
 __all__ = [
@@ -367,7 +368,9 @@ def build_outgoing(
     return Outgoing(queue, message, priority, eta_ts if eta_ts and eta_ts > now else None)
 
 
-async def publish(app: App, batch: Sequence[Outgoing]) -> None:
+async def publish(
+    app: App, batch: Sequence[Outgoing], writes: Sequence[StorageWrite] = ()
+) -> None:
     """Publish, and record PENDING (so the id is known) with it.
 
     When broker and result store share a database (the default SQLite
@@ -375,6 +378,8 @@ async def publish(app: App, batch: Sequence[Outgoing]) -> None:
     transaction or round trip. Otherwise both writes overlap; the marker is
     set-if-absent, so it may land after a fast worker's result without
     hiding it. With ``task_send_sent_event``, a task-sent event per message follows.
+    ``writes`` are more writes in the broker's own storage made with the messages
+    (beat's record of the ticks it sends; only for a broker with a ``storage``).
     """
     conns = app.connections()
     broker = await conns.abroker()
@@ -382,17 +387,19 @@ async def publish(app: App, batch: Sequence[Outgoing]) -> None:
     if not pending:
         if conns.reply_queue is not None:
             await conns.abackend()  # the reply queue exists before any reply is sent
-        await broker.publish(batch)
+        await broker.publish(batch, writes=writes)
     elif conns.shared:
         backend = await conns.abackend()
-        await broker.publish(batch, writes=backend.pending_writes(pending))
+        await broker.publish(batch, writes=[*backend.pending_writes(pending), *writes])
     else:
         # The marker first: a store that answers at once (SQLite on the loop)
         # is done before the publish takes the write lock; a networked one
         # overlaps its round trip with the publish's.
         backend = await conns.abackend()
         stored, published = await asyncio.gather(
-            backend.store_pending(pending), broker.publish(batch), return_exceptions=True
+            backend.store_pending(pending),
+            broker.publish(batch, writes=writes),
+            return_exceptions=True,
         )
         if isinstance(published, BaseException):
             raise published

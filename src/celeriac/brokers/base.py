@@ -33,6 +33,7 @@ from typing import Any
 from ..protocol import Message, Outgoing
 from ..shared_storage import StorageWrite
 from ..url_schemes import redact_url
+from .beat_store import BeatStore
 from .operations import Operations
 
 logger = logging.getLogger("celeriac.broker")
@@ -120,6 +121,7 @@ class Broker(ABC):
         self.url = url
         self.options = options or BrokerOptions()
         self._operations: Operations | None = None
+        self._beat_store: BeatStore | None = None
 
     def operations(self) -> Operations:
         """This broker's operations plane (events, the mailbox, revokes), made on first
@@ -131,6 +133,17 @@ class Broker(ABC):
     @abstractmethod
     def _make_operations(self) -> Operations:
         """The broker's plane (a module of its technology's folder; see ``operations.py``)."""
+
+    def beat_store(self) -> BeatStore:
+        """Where beat keeps its leader lease and last runs in this broker's storage, made
+        on first use; it shares the broker's connection, so connect the broker first."""
+        if self._beat_store is None:
+            self._beat_store = self._make_beat_store()
+        return self._beat_store
+
+    @abstractmethod
+    def _make_beat_store(self) -> BeatStore:
+        """The broker's beat store (a module of its technology's folder; see ``beat_store.py``)."""
 
     storage: str | None = None
     """The database the messages live in, when a result store in the same one can
