@@ -40,6 +40,8 @@ NOT_CODE = frozenset(
         "celeriac.broker",  # a logger
         "Pceleriac.dead",  # AMQP names, ``P`` standing for the prefix
         "Pceleriac.delay.deliver",
+        "Pceleriac.beat",
+        "Pceleriac.beat.latest",
         "CELERY_BROKER_URL",  # a Django setting
         "PyThreadState_SetAsyncExc",  # CPython's C API
         "call_later",  # an event loop's method

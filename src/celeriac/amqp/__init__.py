@@ -6,6 +6,7 @@ what they share.
 * ``consumer.py``: fetching and settling; it knows the broker only through the
   small ``Rabbit`` protocol it declares, so it imports no broker.
 * ``rpc.py``: the ``rpc://`` result store (replies to each caller's own queue).
+* ``beat.py``: beat's lease and last runs (a single-active-consumer queue).
 
 Importing this package imports no driver: aio-pika is imported when a
 connection is opened, with ``pip install 'celeriac[amqp]'`` said when missing.
@@ -48,6 +49,11 @@ Names (``P`` = the prefix, empty by default; ``N`` = ``broker.DELAY_LEVELS``):
 ``Pceleriac.dead``, queue, durable, no TTL: dead letters of every queue; each
     carries ``x-celeriac-dead`` (queue, reason, count, time, id). Lifetime:
     until requeued or purged.
+``Pceleriac.beat``, queue, classic, durable, ``x-single-active-consumer:
+    true``: beat's lease and last runs, one JSON state message held unacked by
+    the active consumer; ``Pceleriac.beat.latest``, queue, classic, durable,
+    ``x-max-length: 1``: a copy of the latest state for the other processes
+    (details in ``beat.py``).
 
 Headers celeriac adds (and removes again before a message is handed out):
 ``x-celeriac-deliveries`` (the delivery count the next delivery reports;

@@ -1,8 +1,9 @@
 """The RabbitMQ broker (``amqp://``, ``amqps://``) on aio-pika.
 
 Beside it: ``consumer.py`` (fetching, settling), ``wire.py`` (URLs,
-connections, messages as AMQP properties) and ``operations.py`` (the
-operations plane: Celery's events and mailbox, the revoke stream).
+connections, messages as AMQP properties), ``operations.py`` (the
+operations plane: Celery's events and mailbox, the revoke stream) and
+``beat.py`` (beat's lease; ``close`` closes its connection too).
 
 URL: ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS, with
 ``?cafile=...`` and the other ``wire.DRIVER_OPTIONS``; the default vhost ``/`` is
@@ -55,10 +56,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..brokers.base import Broker, BrokerOptions, DeadLetter, QueueStats
+from ..brokers.beat_store import BeatStore
 from ..brokers.operations import Operations
 from ..errors import BrokerError, ConfigurationError
 from ..protocol import Message, Outgoing
 from ..url_schemes import redact_url
+from .beat import AmqpBeatStore
 from .consumer import AmqpConsumer
 from .operations import AmqpOperations
 from .wire import (
@@ -193,6 +196,8 @@ class AmqpBroker(Broker):
         return self._admin
 
     async def close(self) -> None:
+        if self._beat_store is not None:
+            await self._beat_store.close()
         if self._operations is not None:
             await self._operations.close()
         if self._connection is not None:
@@ -202,6 +207,9 @@ class AmqpBroker(Broker):
 
     def _make_operations(self) -> Operations:
         return AmqpOperations(self)
+
+    def _make_beat_store(self) -> BeatStore:
+        return AmqpBeatStore(self, self.url, self._driver_url, self.options.connect_timeout)
 
     # -- declarations ----------------------------------------------------------
     def name(self, queue: str) -> str:

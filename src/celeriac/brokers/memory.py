@@ -20,6 +20,9 @@ Per URL, per queue:
 and ``dead``: ``{id: (DeadLetter, priority)}`` in dead-lettering order.
 This is the SQLite broker's lease model, so the conformance suite checks the
 same behaviour on both. Messages are stored as the ``Message`` objects given.
+The operations plane's state and beat's lease and last runs are kept beside
+these, per URL too (:mod:`celeriac.brokers.memory_operations`,
+:mod:`celeriac.brokers.memory_beat`).
 
 Tests call :func:`reset_memory_broker` to empty the state between tests;
 brokers already created keep working on the emptied state.
@@ -41,6 +44,8 @@ from dataclasses import dataclass, field
 from ..protocol import Message, Outgoing, encode_envelope
 from ..shared_storage import StorageWrite
 from .base import Broker, BrokerOptions, Consumer, DeadLetter, Delivery, QueueStats
+from .beat_store import BeatStore
+from .memory_beat import MemoryBeatStore, reset_memory_beat
 from .memory_operations import MemoryOperations, reset_memory_operations
 from .operations import Operations
 
@@ -133,12 +138,14 @@ def _state(url: str) -> _State:
 
 
 def reset_memory_broker(url: str | None = None) -> None:
-    """Empty the queues and dead letters of ``url``, or of every ``memory://`` URL."""
+    """Empty the queues and dead letters of ``url``, or of every ``memory://`` URL
+    (and forget its revokes and beat lease)."""
     with _STATES_LOCK:
         states = list(_STATES.values()) if url is None else [_STATES.get(url) or _State()]
     for state in states:
         state.clear()
     reset_memory_operations(url)
+    reset_memory_beat(url)
 
 
 def _wake(waiters: Iterable[_Waiter]) -> None:
@@ -276,6 +283,9 @@ class MemoryBroker(Broker):
 
     def _make_operations(self) -> Operations:
         return MemoryOperations(self.url)
+
+    def _make_beat_store(self) -> BeatStore:
+        return MemoryBeatStore(self.url)
 
     async def _publish(self, batch: Sequence[Outgoing]) -> None:
         woken: list[_Waiter] = []

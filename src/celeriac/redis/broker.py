@@ -33,7 +33,8 @@ Keys (``P`` = the prefix + ``KEY_PREFIX``; names are the ``*_KEY`` constants;
     the dead letter's id. Lifetime: until requeued or purged.
 
 The operations plane's keys (``P events``, ``P revoked``) and pub/sub channels
-are listed in :mod:`celeriac.redis.operations`.
+are listed in :mod:`celeriac.redis.operations`; beat's (``P beat:lease``,
+``P beat:runs``) in :mod:`celeriac.redis.beat`.
 
 Mechanism:
 
@@ -93,6 +94,7 @@ from ..brokers.base import (
     QueueStats,
     logger,
 )
+from ..brokers.beat_store import BeatStore
 from ..brokers.operations import Operations
 from ..errors import (
     BrokerError,
@@ -103,6 +105,7 @@ from ..errors import (
 from ..protocol import Message, Outgoing, encode_envelope
 from ..shared_storage import StorageWrite
 from ..url_schemes import redact_url
+from .beat import RedisBeatStore
 from .connection import open_pool, storage_name
 from .dead_letters import DeadLetterStream
 from .errors import broker_errors
@@ -142,6 +145,8 @@ class _Keys:
     """Every key name, with the URL's prefix."""
 
     def __init__(self, prefix: str):
+        self.global_prefix = prefix
+        """The URL's ``prefix`` (or ``global_keyprefix``) alone (beat's keys go after it)."""
         self.prefix = prefix + KEY_PREFIX
         self.dead = self.prefix + DEAD_KEY
 
@@ -358,6 +363,11 @@ class RedisBroker(Broker):
 
     def _make_operations(self) -> Operations:
         return RedisOperations(self._client, self._keys.prefix, self._errors)
+
+    def _make_beat_store(self) -> BeatStore:
+        return RedisBeatStore(
+            self._client, self._keys.global_prefix, self._errors, shares_publish=True
+        )
 
     async def close(self) -> None:
         operations, self._operations = self._operations, None

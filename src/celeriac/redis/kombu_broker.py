@@ -6,7 +6,8 @@ Chosen by the URL's ``?layout=kombu`` or ``broker_transport_options={"layout":
 ``visibility_timeout``, ``priority_steps``, ...) must match the Celery peers'.
 
 Keys: exactly kombu's, listed in :mod:`celeriac.redis.kombu_layout`; the operations
-plane's (events, the mailbox, revokes) in :mod:`celeriac.redis.kombu_operations`.
+plane's (events, the mailbox, revokes) in :mod:`celeriac.redis.kombu_operations`;
+beat's, the same as on celeriac's layout, in :mod:`celeriac.redis.beat`.
 
 Mechanism, and where it differs from Celery's worker:
 
@@ -62,11 +63,13 @@ from ..brokers.base import (
     QueueStats,
     logger,
 )
+from ..brokers.beat_store import BeatStore
 from ..brokers.operations import Operations
 from ..errors import BrokerError, ConfigurationError, MessageError
 from ..protocol import Outgoing
 from ..shared_storage import StorageWrite
 from . import kombu_codec as codec
+from .beat import RedisBeatStore
 from .connection import open_pool
 from .dead_letters import DeadLetterStream
 from .errors import broker_errors
@@ -275,6 +278,11 @@ class KombuRedisBroker(Broker):
     def _make_operations(self) -> Operations:
         options = self.options.transport_options
         return KombuRedisOperations(self._client, self.layout, self._errors, options)
+
+    def _make_beat_store(self) -> BeatStore:
+        """celeriac's own keys, as on its layout; beat records with a call of its own
+        (a publish here is a ``MULTI``, which takes no fenced write)."""
+        return RedisBeatStore(self._client, self.layout.prefix, self._errors, shares_publish=False)
 
     async def close(self) -> None:
         operations, self._operations = self._operations, None

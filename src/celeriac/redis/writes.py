@@ -5,7 +5,8 @@ call: the store on its own (``MAKE_WRITES``), the broker within its publish
 and fetch scripts (``WRITES_FROM`` goes first in ``broker.lua``'s
 script). Both read the arguments ``write_args`` gives: per write ``'w'``, the
 number of arguments, the command, the arguments. The command is a Redis
-command, or ``FENCED_SET``, which the scripts carry out themselves.
+command, or one of the writes the scripts carry out themselves: ``FENCED_SET``
+(a result store's) and ``FENCED_RUNS`` (beat's, :mod:`celeriac.redis.beat`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ from typing import Any
 
 from ..shared_storage import StorageWrite
 
-__all__ = ["FENCED_SET", "MAKE_WRITES", "WRITES_FROM", "write_args"]
+__all__ = ["FENCED_RUNS", "FENCED_SET", "MAKE_WRITES", "WRITES_FROM", "write_args"]
 
 FENCED_SET = "celeriac.fenced_set"
-"""The one write that is not a Redis command: arguments key, fence key, value,
+"""A result store's write that is not a Redis command: arguments key, fence key, value,
 fence, expiry in ms ('' for none). Sets the key and its fence and publishes the
 value, unless the key exists with a higher fence stored beside it."""
+
+FENCED_RUNS = "celeriac.fenced_runs"
+"""Beat's record of ticks sent: arguments the lease key (HASH, field ``token``),
+the runs key (HASH entry -> tick), the recording lease's token, then entry and
+tick (a float's ``repr``) pairs. Sets each entry's tick, if later than the
+stored one, unless the lease's token is no longer the one given: then nothing."""
 
 WRITES_FROM = f"""
 local function fenced_set(key, fence_key, value, fence, ms)
@@ -38,13 +45,29 @@ local function fenced_set(key, fence_key, value, fence, ms)
   redis.call('PUBLISH', key, value)
 end
 
--- A result store's writes from ARGV[at] on (celeriac/redis/writes.py);
+-- Beat's runs, if `token` is still the lease's; each tick only moves later.
+-- Returns 1, or 0: fenced out, nothing stored.
+local function fenced_runs(lease_key, runs_key, token, ...)
+  if redis.call('HGET', lease_key, 'token') ~= token then return 0 end
+  local runs = {{...}}
+  for i = 1, #runs, 2 do
+    local stored = redis.call('HGET', runs_key, runs[i])
+    if not stored or tonumber(runs[i + 1]) > tonumber(stored) then
+      redis.call('HSET', runs_key, runs[i], runs[i + 1])
+    end
+  end
+  return 1
+end
+
+-- The writes from ARGV[at] on (celeriac/redis/writes.py);
 -- returns the index after the last.
 local function writes_from(at)
   while ARGV[at] == 'w' do
     local count = tonumber(ARGV[at + 1])
     if ARGV[at + 2] == '{FENCED_SET}' then
       fenced_set(unpack(ARGV, at + 3, at + 2 + count))
+    elseif ARGV[at + 2] == '{FENCED_RUNS}' then
+      fenced_runs(unpack(ARGV, at + 3, at + 2 + count))
     else
       redis.call(unpack(ARGV, at + 2, at + 2 + count))
     end

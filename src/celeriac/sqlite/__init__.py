@@ -5,6 +5,7 @@ connection; ``polling`` paces the looks of idle consumers and result waiters;
 ``schema`` holds the broker's tables and statements; ``connection`` its
 connection threads, group commit and shared publishing connections;
 ``consumer`` and ``broker`` are the broker, ``operations`` its operations plane
-(events, the mailbox, revokes), ``store`` the result store.
+(events, the mailbox, revokes), ``beat`` beat's lease and last runs, ``store``
+the result store.
 Nothing is imported here, so ``celeriac.sqlite.url`` costs no sqlite3 import.
 """

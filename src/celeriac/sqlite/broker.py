@@ -17,10 +17,12 @@ from collections.abc import Sequence
 import orjson
 
 from ..brokers.base import Broker, BrokerOptions, DeadLetter, QueueStats
+from ..brokers.beat_store import BeatStore
 from ..brokers.operations import Operations
 from ..errors import SerializationError
 from ..protocol import Outgoing
 from ..shared_storage import StorageWrite
+from .beat import SQLiteBeatStore
 from .connection import Connection, Insert, transaction, writers
 from .consumer import Doorbell, SQLiteConsumer
 from .operations import SQLiteOperations
@@ -72,6 +74,9 @@ class SQLiteBroker(Broker):
 
     def _make_operations(self) -> Operations:
         return SQLiteOperations(self.url, lambda: self._writer, self.options.poll_interval)
+
+    def _make_beat_store(self) -> BeatStore:
+        return SQLiteBeatStore(lambda: self._writer)
 
     async def close(self) -> None:
         operations, self._operations = self._operations, None  # made again on next use

@@ -48,6 +48,20 @@ is owed an old one):
 revoke until a read finds it expired: ``task_id`` TEXT PRIMARY KEY, ``until``
 REAL (UNIX time; a later revoke of the id keeps the later one).
 
+``celeriac_beat_lease``, beat's leader lease (:mod:`celeriac.sqlite.beat`), one
+row (WITHOUT ROWID), from the first claim for as long as the file (a release
+or a lapse only moves ``expires_at``): ``lease`` TEXT PRIMARY KEY (``beat``),
+``holder`` TEXT (the last holder), ``token`` INTEGER (one more for each new
+holder: the fence of ``celeriac_beat_runs``), ``expires_at`` REAL (UNIX time
+by the machine's clock: the last renewal plus its ttl, or the release).
+
+``celeriac_beat_runs``, one row per periodic entry ever recorded (WITHOUT
+ROWID), as long as the file (an entry dropped from the schedule keeps its few
+bytes): ``entry`` TEXT PRIMARY KEY, ``tick`` REAL (UNIX time of its last tick
+sent; only ever moves later). Like every table here, both are created (``IF NOT
+EXISTS``) whenever a broker connection opens the file, so a file made before
+them gains them on its next open.
+
 Undecodable rows: a message row that holds no message (headers or properties
 not a JSON object, text columns not UTF-8 text, ...: a corrupted disk or a
 foreign writer) raises ``MessageError`` in ``decode_message``; the consumer
@@ -72,8 +86,11 @@ MESSAGES_TABLE = "celeriac_messages"
 DEAD_LETTERS_TABLE = "celeriac_dead_letters"
 OPERATIONS_TABLE = "celeriac_operations"
 REVOKED_TABLE = "celeriac_revoked"
+BEAT_LEASE_TABLE = "celeriac_beat_lease"
+BEAT_RUNS_TABLE = "celeriac_beat_runs"
 PRIORITIES = range(10)
 _M, _D, _O, _R = MESSAGES_TABLE, DEAD_LETTERS_TABLE, OPERATIONS_TABLE, REVOKED_TABLE
+_BL, _BR = BEAT_LEASE_TABLE, BEAT_RUNS_TABLE
 _MESSAGE_COLUMNS = "headers, properties, content_type, content_encoding, body"
 _PICKED_COLUMNS = ", ".join(f"CAST(m.{c} AS BLOB)" for c in _MESSAGE_COLUMNS.split(", "))
 """The message columns as a fetch reads them: bytes whatever was stored (sqlite3
@@ -120,6 +137,16 @@ CREATE INDEX IF NOT EXISTS {_O}_age ON {_O} (sent_at);
 CREATE TABLE IF NOT EXISTS {_R} (
     task_id TEXT PRIMARY KEY,
     until REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {_BL} (
+    lease TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {_BR} (
+    entry TEXT PRIMARY KEY,
+    tick REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -181,6 +208,23 @@ REVOKE = (
 )
 LIST_REVOKED = f"SELECT task_id, until FROM {_R}"
 FORGET_REVOKED = f"DELETE FROM {_R} WHERE until <= ?1"
+BEAT_LEASE = f"SELECT holder, token, expires_at FROM {_BL} WHERE lease = 'beat'"
+SET_BEAT_LEASE = (
+    f"INSERT INTO {_BL} (lease, holder, token, expires_at) VALUES ('beat', ?1, ?2, ?3)"
+    " ON CONFLICT (lease) DO UPDATE SET holder = excluded.holder, token = excluded.token,"
+    " expires_at = excluded.expires_at"
+)
+RELEASE_BEAT_LEASE = (
+    f"UPDATE {_BL} SET expires_at = ?1"
+    " WHERE lease = 'beat' AND token = ?2 AND holder = ?3 AND expires_at > ?1"
+)
+RECORD_BEAT_RUN = (
+    # ?1 entry, ?2 tick, ?3 the recording lease's token: nothing unless it is current
+    f"INSERT INTO {_BR} (entry, tick) SELECT ?1, ?2"
+    f" WHERE EXISTS (SELECT 1 FROM {_BL} WHERE lease = 'beat' AND token = ?3)"
+    f" ON CONFLICT (entry) DO UPDATE SET tick = excluded.tick WHERE excluded.tick > {_BR}.tick"
+)
+LIST_BEAT_RUNS = f"SELECT entry, tick FROM {_BR}"
 
 
 def pick_sql(n_queues: int) -> str:
