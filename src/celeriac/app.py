@@ -407,6 +407,36 @@ class Celeriac:
         kwargs["app"] = self
         return signature(*args, **kwargs)
 
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Signature[Any],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **opts: Any,
+    ) -> str:
+        """Add an entry to ``beat_schedule`` (Celery's method): ``sig`` with ``args``
+        prepended and ``kwargs`` merged, every ``schedule`` (seconds, a timedelta, a
+        ``crontab`` or ``solar``). The key is ``name``, else the signature's repr, so
+        adding the same call twice keeps one entry (unnamed: with a warning). Returns it."""
+        sig = sig.clone(args, kwargs)
+        key = name or repr(sig)
+        if name is None and key in self.conf.beat_schedule:
+            logger.warning(
+                "Periodic task key=%r shadowed a previous unnamed periodic task. "
+                "Pass a name kwarg to add_periodic_task to silence this warning.",
+                key,
+            )
+        self.conf.beat_schedule[key] = {
+            "schedule": schedule,
+            "task": sig.name,
+            "args": sig.args,
+            "kwargs": sig.kwargs,
+            "options": {**sig.options, **opts},
+        }
+        return key
+
 
 Celery = Celeriac
 

@@ -13,14 +13,14 @@ Celery's settings table is either a celeriac setting or listed here.
 from __future__ import annotations
 
 _GROUPS: dict[str, tuple[str, ...]] = {
-    "celeriac has no periodic-task scheduler yet: beat_schedule needs `celeriac beat`, "
-    "which does not exist yet, so no entry runs": (
-        "beat_schedule",
-        "beat_scheduler",
+    "beat keeps its schedule state in the broker's storage, written with every send "
+    "(no shelve file); beat_catch_up decides what runs after a time without any beat": (
         "beat_schedule_filename",
         "beat_sync_every",
-        "beat_max_loop_interval",
         "beat_cron_starting_deadline",
+    ),
+    "beat has no mailbox of its own: `celeriac beat --dry-run` shows the leader and the "
+    "next runs": (
         "beat_enable_remote_control",
         "beat_remote_control_max_tick_age",
     ),

@@ -368,9 +368,7 @@ def build_outgoing(
     return Outgoing(queue, message, priority, eta_ts if eta_ts and eta_ts > now else None)
 
 
-async def publish(
-    app: App, batch: Sequence[Outgoing], writes: Sequence[StorageWrite] = ()
-) -> None:
+async def publish(app: App, batch: Sequence[Outgoing], writes: Sequence[StorageWrite] = ()) -> None:
     """Publish, and record PENDING (so the id is known) with it.
 
     When broker and result store share a database (the default SQLite

@@ -119,6 +119,20 @@ class Settings:
     event_buffer_limit: int = 10_000
     """celeriac's own: events one process holds while the broker is slow; past it,
     new events are dropped and counted, never waiting (``celeriac.events.dispatcher``)."""
+    # beat (celeriac.beat)
+    beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Celery's periodic tasks: name -> {"task", "schedule", "args", "kwargs", "options"}."""
+    beat_max_loop_interval: float = 300.0
+    """Longest sleep between two steps of beat (it also wakes for each tick and renewal)."""
+    beat_scheduler: Any = None
+    """A ``celeriac.beat.Beat`` subclass to run instead (say, one whose ``load_entries``
+    reads a database); None: ``Beat``. Never an import path."""
+    beat_lease_ttl: float = 5.0
+    """celeriac's own: seconds the beat leader's lease lasts without renewal (renewed every
+    quarter of it); another beat takes over this long after a leader dies."""
+    beat_catch_up: str = "one"
+    """celeriac's own: the ticks missed while no beat ran at all: ``"one"`` run per entry,
+    ``"none"``, or ``"all"`` (a leader's hand-over never misses any)."""
     # app
     imports: list[str] = dataclasses.field(default_factory=list)
     include: list[str] = dataclasses.field(default_factory=list)
@@ -208,6 +222,7 @@ SETTING_NAMES: frozenset[str] = frozenset(
 _CHOICES = {
     "worker_pool": ("process", "thread", "async", "solo"),
     "event_serializer": ("json",),
+    "beat_catch_up": ("one", "none", "all"),
 }
 _ALIASES = {"worker_pool": {"prefork": "process", "processes": "process", "threads": "thread"}}
 """Celery's names for the same choice."""

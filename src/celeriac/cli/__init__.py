@@ -3,7 +3,8 @@
 ::
 
     common.py        finding the app (-A), running a coroutine, printing JSON
-    worker.py        celeriac worker (and its banner)
+    worker.py        celeriac worker (and its banner; -B runs beat beside it)
+    beat.py          celeriac beat (and --dry-run)
     tasks.py         celeriac call, celeriac result
     queues.py        celeriac purge, celeriac status
     dead_letters.py  celeriac dead-letters list | show | requeue | purge
@@ -21,7 +22,7 @@ from typing import Any
 import click
 
 from ..errors import CeleriacError
-from . import control, dead_letters, events, queues, tasks, worker
+from . import beat, control, dead_letters, events, queues, tasks, worker
 from .common import VERSION, get_app, load_app
 
 __all__ = ["get_app", "load_app", "main"]
@@ -67,6 +68,7 @@ def main(
 
 for _command in (
     worker.worker,
+    beat.beat,
     tasks.call,
     tasks.result,
     queues.purge,

@@ -11,6 +11,7 @@ import click
 from .. import signals
 from ..app import Celeriac
 from ..backends import backend_from_url
+from ..beat import start_embedded, stop_embedded
 from ..brokers.base import Broker
 from ..url_schemes import redact_url
 from ..worker import WorkerConfig, choose_config, run_worker
@@ -44,6 +45,9 @@ from .common import LOG_FORMAT, VERSION, get_app, run, setup_logging
 @click.option(
     "-E", "--task-events", is_flag=True, help="Send task events (worker_send_task_events)."
 )
+@click.option(
+    "-B", "--beat", is_flag=True, help="Run beat beside the worker (safe on every worker)."
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -57,6 +61,7 @@ def worker(
     max_memory_per_child: int | None,
     autoscale: str | None,
     task_events: bool,
+    beat: bool,
 ) -> None:
     """Run a worker in the foreground (Ctrl-C: warm shutdown; twice: cold)."""
     app = get_app(ctx)
@@ -77,6 +82,7 @@ def worker(
         autoscale=autoscale,
         queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
     )
+    config.beat = beat
     # Celery's order: celeryd_init, logging, celeryd_after_setup, the banner.
     # ``instance`` is the worker's shape, which a receiver may still change.
     signals.celeryd_init.send(
@@ -88,7 +94,13 @@ def worker(
     app.close()
     signals.celeryd_after_setup.send(sender=config.hostname, instance=config, conf=app.conf)
     click.echo(banner(app, config, broker, middleware), err=True)
-    sys.exit(run_worker(app, config))
+    beat_pid = start_embedded(app) if beat else None
+    try:
+        code = run_worker(app, config)
+    finally:
+        if beat_pid is not None:
+            stop_embedded(beat_pid)
+    sys.exit(code)
 
 
 def configure_logging(app: Celeriac, loglevel: str) -> None:

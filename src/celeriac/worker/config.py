@@ -36,6 +36,8 @@ class WorkerConfig:
     """``(max, min)`` children while autoscale is on (process pool); ``processes`` is
     then the number it starts with (``min``), as in Celery."""
     autoscale_keepalive: float = 30.0
+    beat: bool = False
+    """Whether beat runs beside the worker (``-B``): ``inspect scheduled`` shows its next runs."""
 
     @property
     def concurrency(self) -> int:

@@ -76,6 +76,7 @@ class TaskConsumer:
         node: Node | None = None,
         slot: int = 0,
         announce_ready: bool = False,
+        beat: bool = False,
     ):
         self.app = app
         self.queues = list(queues)
@@ -85,7 +86,7 @@ class TaskConsumer:
         self.slot = slot
         self.node.occupy(slot)
         self.ctx = WorkerContext(
-            app, app.codec, hostname, self.concurrency, processes, self.node, slot
+            app, app.codec, hostname, self.concurrency, processes, self.node, slot, beat
         )
         self.ctx.state = ProcessState(
             self.queues, self.request_stop, task_events=app.conf.worker_send_task_events

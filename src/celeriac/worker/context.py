@@ -28,6 +28,8 @@ class WorkerContext:
     """What the worker's processes share (``celeriac.worker.node``)."""
     slot: int
     """This process's slot in ``node``; slot 0 is the node's voice."""
+    beat: bool = False
+    """Whether beat runs beside this worker (``-B``)."""
     state: ProcessState = field(default_factory=ProcessState)
     """What this process runs and consumes now (remote control reads and changes it)."""
     connections: LoopConnections = field(init=False)

@@ -11,8 +11,8 @@ apply (``local_operations.py``), the voice runs here and in its siblings
 through ``NodeLink.gather`` and merges the answers; what only the voice needs
 to know (the registry, the settings, the queues, the revokes) it answers alone.
 
-``scheduled`` is always empty: celeriac keeps no ETA task in worker memory
-(delays wait in the broker).
+``scheduled`` holds no ETA task: celeriac keeps none in worker memory (delays
+wait in the broker); a worker running beat (``-B``) lists beat's next ticks.
 """
 
 from __future__ import annotations
@@ -24,13 +24,17 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
+from ..beat.entries import BeatLazyFunc, entries_from, tick_id
+from ..beat.plan import upcoming
 from ..control.mailbox import clock
 from ..routing import configured_queues
+from ..schedules.base import app_zone
 from ..settings import Settings
 from ..url_schemes import redact_url
 from .context import WorkerContext
@@ -106,7 +110,39 @@ async def _reserved(panel: Panel, **_: Any) -> Any:
 
 @_command("dump_schedule")
 async def _scheduled(panel: Panel, **_: Any) -> Any:
-    return []  # ETA tasks wait in the broker, never in a worker
+    """ETA tasks wait in the broker, never in a worker. A worker running beat (``-B``)
+    lists each entry's next tick instead, in Celery's form, with the id it will carry."""
+    if not panel.ctx.beat:
+        return []
+    app = panel.ctx.app
+    store = (await panel.ctx.connections.abroker()).beat_store()
+    zone = app_zone(app)
+
+    def shown(value: Any) -> Any:  # a lazy value is computed at the send, not here
+        return repr(value) if isinstance(value, BeatLazyFunc) else value
+
+    ticks = upcoming(
+        entries_from(app.conf.beat_schedule), await store.last_runs(), time.time(), zone
+    )
+    return [
+        {
+            "eta": datetime.fromtimestamp(tick, zone).isoformat(),
+            "priority": entry.options.get("priority"),
+            "request": {
+                "id": tick_id(entry.name, tick),
+                "name": entry.task,
+                "args": [shown(v) for v in entry.args],
+                "kwargs": {k: shown(v) for k, v in entry.kwargs.items()},
+                "type": entry.task,
+                "hostname": panel.ctx.hostname,
+                "time_start": None,
+                "acknowledged": False,
+                "delivery_info": {"periodic_task_name": entry.name},
+                "worker_pid": None,
+            },
+        }
+        for entry, tick in ticks
+    ]
 
 
 @_command("dump_revoked")

@@ -72,6 +72,7 @@ def build_consumer(
         node=node,
         slot=slot,
         announce_ready=not child,
+        beat=config.beat,
     )
 
 
