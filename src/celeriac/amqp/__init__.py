@@ -6,7 +6,8 @@ what they share.
 * ``consumer.py``: fetching and settling; it knows the broker only through the
   small ``Rabbit`` protocol it declares, so it imports no broker.
 * ``rpc.py``: the ``rpc://`` result store (replies to each caller's own queue).
-* ``beat.py``: beat's lease and last runs (a single-active-consumer queue).
+* ``beat.py`` (+ ``beat_state.py``, its state message): beat's lease and last runs (a
+  single-active-consumer queue).
 
 Importing this package imports no driver: aio-pika is imported when a
 connection is opened, with ``pip install 'celeriac[amqp]'`` said when missing.

@@ -56,14 +56,13 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import orjson
-
 from ..brokers.beat_store import BeatStore, Lease
 from ..errors import BrokerError
+from .beat_state import State, forward, unix_time
 from .wire import open_connection, properties_class, publish_confirmed, unavailable
 
 if TYPE_CHECKING:
@@ -90,57 +89,6 @@ FALLBACK_TTL = 5.0
 claimed (``beat_lease_ttl``'s default)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _State:
-    """One state message: the lease as its writer left it, and the runs."""
-
-    token: int = 0
-    holder: str | None = None
-    until: float | None = None
-    held: float | None = None
-    runs: Mapping[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, body: bytes) -> _State:
-        """The state in ``body``; an empty one (logged) for anything else."""
-        try:
-            data = orjson.loads(body)
-            until, held, holder = (data.get(k) for k in ("until", "held", "holder"))
-            runs = {str(k): float(v) for k, v in dict(data.get("runs") or {}).items()}
-            return cls(
-                int(data.get("token", 0)),
-                None if holder is None else str(holder),
-                None if until is None else float(until),
-                None if held is None else float(held),
-                runs,
-            )
-        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
-            logger.warning("ignored a message in beat's lease queue: %s", exc)
-            return cls()
-
-    @property
-    def left(self) -> float:
-        """Seconds the lease had left when this was written."""
-        return max(0.0, (self.until or 0.0) - (self.held or 0.0))
-
-    def dumps(self) -> bytes:
-        lease = {"token": self.token, "holder": self.holder, "until": self.until}
-        return orjson.dumps({**lease, "held": self.held, "runs": dict(self.runs)})
-
-
-def _forward(runs: Mapping[str, float], more: Mapping[str, float]) -> dict[str, float]:
-    """``runs`` with ``more`` merged in: each entry's latest tick."""
-    merged = dict(runs)
-    for entry, tick in more.items():
-        merged[entry] = max(float(tick), merged.get(entry, float(tick)))
-    return merged
-
-
-def _unix(monotonic: float) -> float:
-    """The unix time of a ``time.monotonic()`` instant."""
-    return time.time() + (monotonic - time.monotonic())
-
-
 def _with_heartbeat(driver_url: str, ttl: float) -> str:
     """``driver_url`` with a heartbeat of ``ceil(ttl / 2)`` seconds (at least 1)."""
     parts = urlsplit(driver_url)
@@ -153,7 +101,7 @@ class _Turn:
     RabbitMQ made it the active consumer, the state it serves."""
 
     def __init__(self, connection: AbstractConnection, names: tuple[str, str]):
-        self.lease = _State()
+        self.lease = State()
         """The lease as the latest state has it; ``expires``: when it lapses (monotonic)."""
         self.expires = 0.0
         self.runs: dict[str, float] = {}
@@ -195,7 +143,7 @@ class _Turn:
         )
         await channel.declare_queue(self._latest_queue, durable=True, arguments=LATEST_ARGUMENTS)
         await queue.consume(self._on_message)
-        await self._publish(_State())
+        await self._publish(State())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._active.wait(), ACTIVE_GRACE)
         await self.settled()
@@ -214,9 +162,9 @@ class _Turn:
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
         if self._lost or incoming.delivery_tag is None:
             return
-        state = _State.parse(incoming.body)
+        state = State.parse(incoming.body)
         self._held[incoming.delivery_tag] = incoming
-        self.runs = _forward(self.runs, state.runs)
+        self.runs = forward(self.runs, state.runs)
         expires = time.monotonic() + state.left  # after its writer's, whatever the clocks
         if (state.token, expires) > (self.lease.token, self.expires):
             self.lease, self.expires = state, expires
@@ -230,13 +178,13 @@ class _Turn:
     async def _take_over(self) -> None:
         """Publish a barrier and wait for it: then every earlier state has come."""
         try:
-            await self._publish(_State(), arrival=True)
+            await self._publish(State(), arrival=True)
             self._serving = True
         except Exception as exc:  # a closed channel, a refusal, a timeout
             logger.warning("beat could not take over its lease queue: %r", exc)
             self._end()
 
-    async def _publish(self, state: _State, *, copy: bool = False, arrival: bool = False) -> None:
+    async def _publish(self, state: State, *, copy: bool = False, arrival: bool = False) -> None:
         """Publish ``state`` to the lease queue (``copy``: to the latest queue too) on the
         turn's channel, confirmed; ``arrival``: also wait until it comes back here."""
         assert self._channel is not None
@@ -270,9 +218,9 @@ class _Turn:
     async def _write(
         self, holder: str | None, token: int, expires: float, runs: Mapping[str, float]
     ) -> bool:
-        merged = _forward(self.runs, runs)
+        merged = forward(self.runs, runs)
         now = time.time()
-        state = _State(token, holder, now + (expires - time.monotonic()), now, merged)
+        state = State(token, holder, now + (expires - time.monotonic()), now, merged)
         replaced = list(self._held.items())
         try:
             await self._publish(state, copy=True)
@@ -284,7 +232,7 @@ class _Turn:
             logger.warning("beat lost its lease queue: %r", exc)
             return False
         self.lease, self.expires = replace(state, runs={}), expires
-        self.runs = _forward(self.runs, merged)
+        self.runs = forward(self.runs, merged)
         return True
 
     async def claim(self, holder: str, ttl: float) -> Lease | None:
@@ -404,7 +352,7 @@ class AmqpBeatStore(BeatStore):
                 await turn.close()
                 self._turn = None
 
-    async def _latest(self) -> _State | None:
+    async def _latest(self) -> State | None:
         """The latest state, from ``LATEST_QUEUE`` (None: none yet)."""
         try:
             channel = await self._broker.channel()
@@ -420,13 +368,13 @@ class AmqpBeatStore(BeatStore):
             raise
         except Exception as exc:
             raise BrokerError(f"RabbitMQ refused to read beat's state: {exc}") from exc
-        return None if incoming is None else _State.parse(incoming.body)
+        return None if incoming is None else State.parse(incoming.body)
 
     async def holder(self) -> tuple[str, float] | None:
         turn = self._turn
         if turn is not None and turn.serving:
             holder = turn.lease.holder
-            return (holder, _unix(turn.expires)) if holder and turn.valid() else None
+            return (holder, unix_time(turn.expires)) if holder and turn.valid() else None
         state = await self._latest()
         if state is None or state.holder is None or state.until is None:
             return None
