@@ -27,7 +27,7 @@ from celeriac.beat import tick_id
 from celeriac.brokers import Broker, broker_from_url
 from celeriac.testing import WorkerProcess
 
-from .conformance.targets import BROKERS, Target
+from .conformance.targets import BROKERS, Target, connected
 from .worker_processes import ROOT, run_lines, wait_for
 
 pytestmark = pytest.mark.slow
@@ -114,22 +114,13 @@ def leader_pid(fleet: list[BeatProcess], broker: Broker) -> int:
 
 
 async def _holder(url: str) -> tuple[str, float] | None:
-    broker = broker_from_url(url)
-    await broker.connect()
-    try:
+    async with connected(url) as broker:
         return await broker.beat_store().holder()
-    finally:
-        await broker.close()
 
 
 async def _ready(url: str) -> int:
-    broker = broker_from_url(url)
-    await broker.connect()
-    try:
-        stats = await broker.stats("celery")
-        return stats.ready
-    finally:
-        await broker.close()
+    async with connected(url) as broker:
+        return (await broker.stats("celery")).ready
 
 
 def test_three_beats_send_every_tick_once_across_a_leader_kill(
@@ -157,12 +148,8 @@ def test_three_beats_send_every_tick_once_across_a_leader_kill(
 
 
 async def _drain(url: str) -> list[str]:
-    broker = broker_from_url(url)
-    await broker.connect()
-    try:
+    async with connected(url) as broker:
         return await sent(broker)
-    finally:
-        await broker.close()
 
 
 def test_workers_with_embedded_beat_run_each_tick_once(tmp_path: Path) -> None:

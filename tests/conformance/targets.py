@@ -10,11 +10,14 @@ and every test in ``test_broker.py`` / ``test_backend.py`` runs against it uncha
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from celeriac.brokers import Broker, broker_from_url
 
 from ..services import rabbitmq_url, redis_url
 
@@ -72,3 +75,14 @@ STORES: list[Target] = [
     # that connects later cannot get() it, as in Celery: peers are threads only.
     Target("rpc", _rpc_url, peer="thread"),
 ]
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str) -> AsyncIterator[Broker]:
+    """A broker on ``url``, connected, closed on the way out."""
+    broker = broker_from_url(url)
+    await broker.connect()
+    try:
+        yield broker
+    finally:
+        await broker.close()

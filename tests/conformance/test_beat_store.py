@@ -26,7 +26,7 @@ from celeriac.brokers.beat_store import BeatStore, Lease
 from celeriac.protocol import Outgoing
 
 from ..services import redis_url
-from .targets import BROKERS, Target
+from .targets import BROKERS, Target, connected
 from .test_broker import make_message
 
 TTL = 30.0
@@ -58,10 +58,8 @@ def broker_url(target: Target, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def broker(broker_url: str) -> AsyncIterator[Broker]:
-    broker = broker_from_url(broker_url)
-    await broker.connect()
-    yield broker
-    await broker.close()
+    async with connected(broker_url) as broker:
+        yield broker
 
 
 @pytest.fixture
@@ -262,14 +260,10 @@ def test_of_many_threads_claiming_at_once_one_wins(broker_url: str) -> None:
     errors: list[BaseException] = []
 
     async def contend(i: int) -> None:
-        broker = broker_from_url(broker_url)
-        await broker.connect()
-        try:
+        async with connected(broker_url) as broker:
             store = broker.beat_store()
             barrier.wait(timeout=30)
             won[i] = await store.claim(f"h{i}", TTL)
-        finally:
-            await broker.close()
 
     def run(i: int) -> None:
         try:

@@ -19,7 +19,7 @@ import pytest
 from celeriac.brokers import Broker, broker_from_url
 from celeriac.brokers.operations import REPLY_EXCHANGE, Received, Subscription
 
-from .targets import BROKERS, Target
+from .targets import BROKERS, Target, connected
 
 WAIT = 5.0
 
@@ -32,10 +32,8 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def broker(broker_url: str) -> AsyncIterator[Broker]:
-    broker = broker_from_url(broker_url)
-    await broker.connect()
-    yield broker
-    await broker.close()
+    async with connected(broker_url) as broker:
+        yield broker
 
 
 async def mine(subscription: Subscription, key: str, value: str, count: int) -> list[Received]:
