@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from celeriac import Celeriac
 from celeriac.beat import Beat, BeatLazyFunc, beat_class, entries_from, tick_id
 from celeriac.beat.plan import MAX_TICKS, plan
 from celeriac.brokers import broker_from_url
+from celeriac.brokers.beat_store import Lease
 from celeriac.errors import ConfigurationError
 from celeriac.schedules import crontab, schedule
 
@@ -163,3 +165,45 @@ async def test_two_beats_in_one_process_one_leads_and_the_other_takes_over(
     await broker.close()
     assert len(ids) == len(set(ids)) == leader.sent + standby.sent
     assert 12 <= len(ids) <= 16  # 3 s of 0.2 s ticks, less the first interval
+
+
+@pytest.mark.parametrize(("idle_for", "expected"), [(None, "all"), (1.0, "all"), (60.0, "none")])
+def test_a_hand_over_sends_every_missed_tick_and_an_outage_follows_the_setting(
+    idle_for: float | None, expected: str
+) -> None:
+    app = Celeriac(
+        "catch-up", broker="memory://catch-up", beat_catch_up="none", set_as_current=False
+    )
+    beat = Beat(app, "b")
+    idle_since = None if idle_for is None else time.time() - idle_for
+    assert beat._catch_up(Lease("b", 2, time.monotonic() + 5, idle_since)) == expected
+
+
+async def test_a_changed_schedule_goes_on_from_the_stored_last_run(tmp_path: Path) -> None:
+    """A restart with another interval for the same entry name keeps its history: the
+    new interval counts from the last run the first beat stored."""
+    url = f"sqlite:///{tmp_path / 'beat.db'}"
+
+    def app(seconds: float) -> Celeriac:
+        entries = {"e": {"task": "t", "schedule": seconds}}
+        return Celeriac("b", broker=url, backend=url, beat_schedule=entries, set_as_current=False)
+
+    hourly = Beat(app(3600), "first")
+    stop = asyncio.Event()
+    running = asyncio.create_task(hourly.run(stop))
+    await asyncio.sleep(0.3)
+    stop.set()
+    await running
+    assert hourly.sent == 0 and set(hourly.runs) == {"e"}
+    started = hourly.runs["e"]
+
+    await asyncio.sleep(0.5)
+    fast = Beat(app(0.1), "second")
+    stop = asyncio.Event()
+    running = asyncio.create_task(fast.run(stop))
+    await asyncio.sleep(0.3)
+    stop.set()
+    await running
+    # Ticks from the first beat's start, 0.1 s apart: the 0.5 s between the beats too.
+    assert fast.sent >= 7
+    assert fast.runs["e"] == pytest.approx(started + 0.1 * (fast.sent), abs=1e-6)
