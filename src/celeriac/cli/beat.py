@@ -31,11 +31,25 @@ DRY_RUN_TICKS = 3
 @click.option(
     "--max-interval", type=float, help="Longest sleep between steps (beat_max_loop_interval)."
 )
+@click.option(
+    "-s",
+    "--schedule",
+    "schedule_file",
+    metavar="FILE",
+    help="Celery's schedule file: accepted and unused (beat's state lives in the broker).",
+)
 @click.pass_context
 def beat(
-    ctx: click.Context, loglevel: str, name: str | None, dry_run: bool, max_interval: float | None
+    ctx: click.Context,
+    loglevel: str,
+    name: str | None,
+    dry_run: bool,
+    max_interval: float | None,
+    schedule_file: str | None,
 ) -> None:
     """Send the periodic tasks of beat_schedule (safe to run on every host: one leads)."""
+    if schedule_file:
+        click.echo(f"-s {schedule_file}: unused, beat keeps its state in the broker", err=True)
     app = get_app(ctx)
     app.import_modules()
     app.finalize()
