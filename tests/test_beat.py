@@ -179,6 +179,16 @@ def test_a_hand_over_sends_every_missed_tick_and_an_outage_follows_the_setting(
     assert beat._catch_up(Lease("b", 2, time.monotonic() + 5, idle_since)) == expected
 
 
+async def ran(beat: Beat, seconds: float) -> Beat:
+    """``beat`` after running for ``seconds`` and stopping (it gives the lease up)."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(beat.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await running
+    return beat
+
+
 async def test_a_changed_schedule_goes_on_from_the_stored_last_run(tmp_path: Path) -> None:
     """A restart with another interval for the same entry name keeps its history: the
     new interval counts from the last run the first beat stored."""
@@ -188,22 +198,12 @@ async def test_a_changed_schedule_goes_on_from_the_stored_last_run(tmp_path: Pat
         entries = {"e": {"task": "t", "schedule": seconds}}
         return Celeriac("b", broker=url, backend=url, beat_schedule=entries, set_as_current=False)
 
-    hourly = Beat(app(3600), "first")
-    stop = asyncio.Event()
-    running = asyncio.create_task(hourly.run(stop))
-    await asyncio.sleep(0.3)
-    stop.set()
-    await running
+    hourly = await ran(Beat(app(3600), "first"), 0.3)
     assert hourly.sent == 0 and set(hourly.runs) == {"e"}
     started = hourly.runs["e"]
 
     await asyncio.sleep(0.5)
-    fast = Beat(app(0.1), "second")
-    stop = asyncio.Event()
-    running = asyncio.create_task(fast.run(stop))
-    await asyncio.sleep(0.3)
-    stop.set()
-    await running
+    fast = await ran(Beat(app(0.1), "second"), 0.3)
     # Ticks from the first beat's start, 0.1 s apart: the 0.5 s between the beats too.
     assert fast.sent >= 7
     assert fast.runs["e"] == pytest.approx(started + 0.1 * (fast.sent), abs=1e-6)

@@ -24,12 +24,14 @@ from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, over
 from ._sync import at_exit, run_on_every_loop, run_sync
 from .backends import backend_class, backend_from_url
 from .backends.base import BackendOptions, ResultBackend
+from .beat.entries import periodic_entry
 from .brokers import broker_from_url
 from .brokers.base import Broker, BrokerOptions
 from .canvas import Signature, register_builtins, signature
 from .connections import LoopConnections
 from .control import Control
-from .errors import ConfigurationError, NotRegistered
+from .discovery import django_apps, import_object, import_related
+from .errors import NotRegistered
 from .protocol import Outgoing
 from .request import current_app, current_app_if_any, set_current_app, set_default_app
 from .result import AsyncResult
@@ -125,7 +127,7 @@ class Celeriac:
     # -- configuration -------------------------------------------------------
     def config_from_object(self, obj: object | str, namespace: str | None = None) -> None:
         if isinstance(obj, str):
-            obj = _import_object(obj)
+            obj = import_object(obj)
         self.conf.config_from_object(obj, namespace)
         self._codec = None
 
@@ -306,8 +308,8 @@ class Celeriac:
             return
         if callable(packages):
             packages = packages()
-        for package in _django_apps() if packages is None else packages:
-            _import_related(package, related_name)
+        for package in django_apps() if packages is None else packages:
+            import_related(package, related_name)
 
     # -- connections -------------------------------------------------------------
     def connections(self) -> LoopConnections:
@@ -420,21 +422,14 @@ class Celeriac:
         prepended and ``kwargs`` merged, every ``schedule`` (seconds, a timedelta, a
         ``crontab`` or ``solar``). The key is ``name``, else the signature's repr, so
         adding the same call twice keeps one entry (unnamed: with a warning). Returns it."""
-        sig = sig.clone(args, kwargs)
-        key = name or repr(sig)
+        key, entry = periodic_entry(schedule, sig, args, kwargs, name, opts)
         if name is None and key in self.conf.beat_schedule:
             logger.warning(
                 "Periodic task key=%r shadowed a previous unnamed periodic task. "
                 "Pass a name kwarg to add_periodic_task to silence this warning.",
                 key,
             )
-        self.conf.beat_schedule[key] = {
-            "schedule": schedule,
-            "task": sig.name,
-            "args": sig.args,
-            "kwargs": sig.kwargs,
-            "options": {**sig.options, **opts},
-        }
+        self.conf.beat_schedule[key] = entry
         return key
 
 
@@ -484,38 +479,3 @@ def shared_task(
         return _SharedTask(name)
 
     return register(fn) if fn is not None else register
-
-
-def _import_related(package: str, related_name: str) -> None:
-    """Import ``package.related_name`` if it exists (Celery's ``find_related_module``:
-    an `INSTALLED_APPS` entry may name an app config class inside the package)."""
-    try:
-        importlib.import_module(package)
-    except ModuleNotFoundError:
-        package = package.rpartition(".")[0]
-        if not package:
-            raise
-    name = f"{package}.{related_name}"
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:  # something the module imports is missing: say so
-            raise
-
-
-def _django_apps() -> list[str]:
-    """The names of Django's installed apps, when Django is configured; else none."""
-    if "django" not in sys.modules:
-        return []
-    from django.apps import apps  # type: ignore[import-not-found, import-untyped, unused-ignore]
-
-    return [config.name for config in apps.get_app_configs()]
-
-
-def _import_object(ref: str) -> object:
-    module_name, _, attr = ref.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import config module {module_name!r}: {exc}") from exc
-    return getattr(module, attr) if attr else module

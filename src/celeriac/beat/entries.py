@@ -17,12 +17,15 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..schedules import BaseSchedule, maybe_schedule
 
-__all__ = ["BeatLazyFunc", "Entry", "entries_from", "tick_id"]
+if TYPE_CHECKING:
+    from ..canvas import Signature
+
+__all__ = ["BeatLazyFunc", "Entry", "entries_from", "periodic_entry", "tick_id"]
 
 TICK_NAMESPACE = uuid.UUID("6f1c0b7e-52a1-4c55-9d0c-ce1e5ac0bea7")
 """The uuid5 namespace of tick ids (fixed forever: changing it changes every id)."""
@@ -100,6 +103,28 @@ def _check_positive(name: str, every: BaseSchedule) -> None:
     run_every = getattr(every, "run_every", None)
     if isinstance(run_every, timedelta) and run_every <= timedelta(0):
         raise ConfigurationError(f"beat_schedule entry {name!r}: the interval must be positive")
+
+
+def periodic_entry(
+    schedule: Any,
+    sig: Signature[Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None,
+    name: str | None,
+    options: Mapping[str, Any],
+) -> tuple[str, dict[str, Any]]:
+    """``app.add_periodic_task``'s key and ``beat_schedule`` entry, as Celery makes them:
+    ``sig`` with ``args`` prepended and ``kwargs`` merged; the key is ``name``, else the
+    signature's repr."""
+    sig = sig.clone(args, kwargs)
+    entry = {
+        "schedule": schedule,
+        "task": sig.name,
+        "args": sig.args,
+        "kwargs": sig.kwargs,
+        "options": {**sig.options, **options},
+    }
+    return name or repr(sig), entry
 
 
 def tick_id(entry: str, tick: float) -> str:
