@@ -102,6 +102,35 @@ def rabbitmq_url(*, prefixed: bool = True, scheme: str = "amqp", query: str = ""
     return url + ("?" + "&".join(params) if params else "")
 
 
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+POSTGRES_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+POSTGRES_TEST_SCHEMA = f"celeriac_test_{os.getpid()}_"
+_postgres_schemas: list[str] = []
+
+
+def postgres_url(*, schema: bool = True) -> str:
+    """The test PostgreSQL's URL (database ``test``; skips or fails as above), with a schema
+    unique to the call; the schemas of this process are dropped when it exits."""
+    require_server("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT, POSTGRES_START)
+    url = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
+    if not schema:
+        return url
+    name = f"{POSTGRES_TEST_SCHEMA}{uuid.uuid4().hex[:12]}"
+    _postgres_schemas.append(name)
+    return f"{url}?schema={name}"
+
+
+@atexit.register
+def _drop_test_schemas() -> None:
+    if not _postgres_schemas or not reachable(POSTGRES_HOST, POSTGRES_PORT):
+        return
+    import psycopg
+
+    with psycopg.connect(postgres_url(schema=False), autocommit=True) as conn:
+        for name in _postgres_schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
 def rabbitmqctl(*args: str) -> str:
     """Run ``rabbitmqctl -q ...`` on the test server; its output."""
     import subprocess

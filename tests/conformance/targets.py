@@ -19,7 +19,7 @@ from typing import Literal
 
 from celeriac.brokers import Broker, broker_from_url
 
-from ..services import rabbitmq_url, redis_url
+from ..services import postgres_url, rabbitmq_url, redis_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,12 @@ def _amqp_url(tmp_path: Path) -> str:
 def _rpc_url(tmp_path: Path) -> str:
     """RabbitMQ reply queues, results kept per URL; skips (fails under CI) without RabbitMQ."""
     return rabbitmq_url(scheme="rpc")
+
+
+def _postgres_url(tmp_path: Path) -> str:
+    """PostgreSQL's ``test`` database, a schema of this test's own; skips (fails under CI)
+    without the server."""
+    return postgres_url()
 
 
 BROKERS: list[Target] = [

@@ -1,0 +1,84 @@
+"""Connections to PostgreSQL, shared by the broker and the result store: psycopg 3 async pools.
+
+The driver is optional: this module imports ``psycopg`` only when a pool is
+opened, and says how to install it when it is missing. Connections are
+autocommit; a transaction is ``async with conn.transaction()``. Each
+connection's ``search_path`` is the URL's schema, so statements name tables
+without one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BrokerUnavailable, ConfigurationError
+from ..url_schemes import redact_url
+from .url import split_schema, start_hint
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+__all__ = ["connect", "open_pool", "unavailable"]
+
+
+def _driver(url: str) -> Any:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as exc:  # pragma: no cover - exercised by hiding psycopg
+        raise ConfigurationError(
+            f"the PostgreSQL driver is not installed (needed for {url.partition('://')[0]}:// "
+            "URLs); install it with: pip install 'celeriac[postgres]'"
+        ) from exc
+    return psycopg, psycopg_pool
+
+
+async def open_pool(
+    url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 5.0
+) -> AsyncConnectionPool:
+    """An open pool for ``url`` (autocommit connections on the URL's schema, which is
+    created if missing); ``BrokerUnavailable`` naming the URL and the fix, within
+    ``timeout`` seconds, when the server cannot be reached."""
+    _, psycopg_pool = _driver(url)
+    libpq, schema = split_schema(url)
+    await (await connect(url, timeout=timeout, schema=False)).close()  # fail fast, and clearly
+
+    async def configure(conn: AsyncConnection[Any]) -> None:
+        await conn.set_autocommit(True)
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
+
+    pool = psycopg_pool.AsyncConnectionPool(
+        libpq, min_size=min_size, max_size=max_size, configure=configure, open=False
+    )
+    try:
+        await pool.open(wait=True, timeout=timeout)
+    except Exception as exc:
+        await pool.close()
+        raise unavailable(url, exc) from exc
+    opened: AsyncConnectionPool = pool
+    return opened
+
+
+async def connect(url: str, *, timeout: float = 5.0, schema: bool = True) -> AsyncConnection[Any]:
+    """One connection of its own (autocommit, on the URL's schema unless ``schema`` is
+    False): for ``LISTEN``, which holds its connection for as long as it listens."""
+    psycopg, _ = _driver(url)
+    libpq, name = split_schema(url)
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            libpq, autocommit=True, connect_timeout=max(1, round(timeout))
+        )
+        if schema:
+            await conn.execute(f'SET search_path TO "{name}"')
+    except psycopg.Error as exc:
+        raise unavailable(url, exc) from exc
+    return conn  # type: ignore[no-any-return]
+
+
+def unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
+    """The error for a server that cannot be reached, naming the URL and the fix."""
+    return BrokerUnavailable(
+        f"cannot reach PostgreSQL at {redact_url(url)}: {exc}; {start_hint(url)}"
+    )
