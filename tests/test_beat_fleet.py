@@ -4,7 +4,7 @@ Three beats share a broker, with an entry every second. After the first tick
 the leader is SIGKILLed; another beat takes over and the run goes on to 20 s.
 The test then reads every message beat sent from the queue: one per tick (20,
 give or take the one at the edge) and no two with the same id, on every broker
-that holds beat's lease (SQLite, Redis in both layouts, RabbitMQ).
+that holds beat's lease (SQLite, Redis in both layouts, RabbitMQ, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .worker_processes import ROOT, run_lines, wait_for
 
 pytestmark = pytest.mark.slow
 
-FLEET = [t for t in BROKERS if t.name in ("sqlite", "redis", "redis-kombu", "amqp")]
+FLEET = [t for t in BROKERS if t.name in ("sqlite", "redis", "redis-kombu", "amqp", "postgres")]
 RUN = 19.5
 """Seconds from the first tick to stopping the beats: ticks 0..19, 20 sends."""
 KILL_AT = 8.0

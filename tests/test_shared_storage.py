@@ -26,7 +26,7 @@ from celeriac.errors import BrokerError
 from celeriac.protocol import Message, Outgoing
 from celeriac.sqlite.broker import SQLiteBroker
 
-from .services import REDIS_TEST_DB, redis_url
+from .services import REDIS_TEST_DB, postgres_url, redis_url
 
 
 @pytest.fixture
@@ -148,8 +148,10 @@ def test_redis_store_writes_itself_when_databases_differ(monkeypatch: pytest.Mon
         close_all()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return postgres_url()
     return f"sqlite:///{tmp_path}/shared.db" if request.param == "sqlite" else redis_url()
 
 

@@ -71,12 +71,14 @@ BROKERS: list[Target] = [
     Target("redis", _redis_url, peer="process"),
     Target("redis-kombu", _redis_kombu_url, peer="process"),
     Target("amqp", _amqp_url, peer="process"),
+    Target("postgres", _postgres_url, peer="process"),
 ]
 
 STORES: list[Target] = [
     Target("memory", _memory_url, peer="thread"),
     Target("sqlite", _sqlite_url, peer="process"),
     Target("redis", _redis_url, peer="process"),
+    Target("postgres", _postgres_url, peer="process"),
     # rpc:// replies reach clients connected when the result is stored; a process
     # that connects later cannot get() it, as in Celery: peers are threads only.
     Target("rpc", _rpc_url, peer="thread"),

@@ -27,6 +27,12 @@ def _redis() -> type[ResultBackend]:
     return RedisBackend
 
 
+def _postgres() -> type[ResultBackend]:
+    from ..postgres.store import PostgresBackend
+
+    return PostgresBackend
+
+
 def _rpc() -> type[ResultBackend]:
     from ..amqp.rpc import RpcBackend
 
@@ -38,6 +44,8 @@ SCHEMES: dict[str, Callable[[], type[ResultBackend]]] = {
     "sqlite": _sqlite,
     "redis": _redis,
     "rediss": _redis,
+    "postgresql": _postgres,
+    "postgres": _postgres,
     "rpc": _rpc,
     "amqp": _rpc,  # a RabbitMQ URL as result store: replies over it, as rpc://
     "amqps": _rpc,

@@ -24,6 +24,12 @@ def _sqlite() -> type[Broker]:
     return SQLiteBroker
 
 
+def _postgres() -> type[Broker]:
+    from ..postgres.broker import PostgresBroker
+
+    return PostgresBroker
+
+
 def _redis() -> type[Broker]:
     from ..redis.broker import RedisBroker
 
@@ -45,6 +51,8 @@ def _amqp() -> type[Broker]:
 SCHEMES: dict[str, Callable[[], type[Broker]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "postgresql": _postgres,
+    "postgres": _postgres,
     "redis": _redis,
     "rediss": _redis,
     "amqp": _amqp,

@@ -10,6 +10,7 @@
     dead_letters.py  celeriac dead-letters list | show | requeue | purge
     events.py        celeriac events (the live event stream)
     control.py       celeriac inspect <command>, celeriac control <command>
+    db.py            celeriac db migrate | sql (PostgreSQL's tables)
 
 The subcommand modules import ``common``, never this module, so none of them
 import each other in a circle.
@@ -22,7 +23,7 @@ from typing import Any
 import click
 
 from ..errors import CeleriacError
-from . import beat, control, dead_letters, events, queues, tasks, worker
+from . import beat, control, db, dead_letters, events, queues, tasks, worker
 from .common import VERSION, get_app, load_app
 
 __all__ = ["get_app", "load_app", "main"]
@@ -77,5 +78,6 @@ for _command in (
     events.events,
     control.inspect,
     control.control,
+    db.db,
 ):
     main.add_command(_command)

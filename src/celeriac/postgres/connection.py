@@ -9,17 +9,20 @@ without one.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BrokerUnavailable, ConfigurationError
+from ..errors import BrokerError, BrokerUnavailable, ConfigurationError
+from ..shared_storage import StorageWrite
 from ..url_schemes import redact_url
 from .url import split_schema, start_hint
 
 if TYPE_CHECKING:
-    from psycopg import AsyncConnection
+    from psycopg import AsyncConnection, AsyncCursor
     from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["connect", "open_pool", "unavailable"]
+__all__ = ["connect", "errors", "make_writes", "open_pool", "unavailable"]
 
 
 def _driver(url: str) -> Any:
@@ -82,3 +85,26 @@ def unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
     return BrokerUnavailable(
         f"cannot reach PostgreSQL at {redact_url(url)}: {exc}; {start_hint(url)}"
     )
+
+
+async def make_writes(cur: AsyncCursor[Any], writes: Sequence[StorageWrite]) -> None:
+    """A result store's writes (``celeriac.shared_storage``), in the caller's transaction."""
+    for write in writes:
+        await cur.executemany(write.statement, write.args)
+
+
+@contextlib.asynccontextmanager
+async def errors(url: str) -> AsyncIterator[None]:
+    """Driver errors become celeriac's, naming the URL (a lost server: ``BrokerUnavailable``)."""
+    try:
+        yield
+    except BrokerError:
+        raise
+    except Exception as exc:
+        import psycopg
+
+        if isinstance(exc, psycopg.OperationalError):
+            raise unavailable(url, exc) from exc
+        if isinstance(exc, psycopg.Error):
+            raise BrokerError(f"PostgreSQL broker {redact_url(url)}: {exc}") from exc
+        raise

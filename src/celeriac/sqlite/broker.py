@@ -18,6 +18,7 @@ import orjson
 
 from ..brokers.base import Broker, BrokerOptions, DeadLetter, QueueStats
 from ..brokers.beat_store import BeatStore
+from ..brokers.message_columns import dead_letter_of, dumps
 from ..brokers.operations import Operations
 from ..errors import SerializationError
 from ..protocol import Outgoing
@@ -36,8 +37,6 @@ from .schema import (
     PURGE_DEAD_OF_QUEUE,
     REQUEUE_DEAD,
     STATS,
-    dead_letter_of,
-    dumps,
 )
 from .url import parse_sqlite_url
 

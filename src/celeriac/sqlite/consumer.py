@@ -25,6 +25,7 @@ from functools import partial
 import orjson
 
 from ..brokers.base import Broker, Consumer, Delivery, logger
+from ..brokers.message_columns import decode_message, raw_bytes
 from ..errors import BrokerError, MessageError
 from ..shared_storage import StorageWrite
 from ..url_schemes import redact_url
@@ -40,10 +41,8 @@ from .schema import (
     LEASE,
     RELEASE,
     Row,
-    decode_message,
     next_visible_sql,
     pick_sql,
-    raw_bytes,
 )
 
 __all__ = ["Doorbell", "SQLiteConsumer"]

@@ -74,12 +74,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from ..brokers.base import DeadLetter
-from ..errors import MessageError
-from ..protocol import Message, encode_envelope
-
 Row = tuple[Any, ...]
 
 MESSAGES_TABLE = "celeriac_messages"
@@ -256,53 +250,3 @@ def next_visible_sql(n_queues: int) -> str:
         for p in PRIORITIES
     )
     return f"SELECT min(v) FROM ({arms})"
-
-
-def decode_message(row: Row) -> Message:
-    """A Message from the five message columns; MessageError if they hold none."""
-    headers, properties, content_type, content_encoding, body = row
-    return Message.checked(
-        _json("headers", headers),
-        body,
-        _text("content_type", content_type),
-        _text("content_encoding", content_encoding),
-        _json("properties", properties),
-    )
-
-
-def _json(column: str, value: Any) -> Any:
-    try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise MessageError(f"{column} are not JSON: {exc}") from exc
-
-
-def _text(column: str, value: Any) -> str:
-    if isinstance(value, str):  # as stored: a dead letter's columns
-        return value
-    if not isinstance(value, bytes):
-        raise MessageError(f"{column} is {type(value).__name__}, not text")
-    try:
-        return value.decode()
-    except UnicodeDecodeError as exc:
-        raise MessageError(f"{column} is not UTF-8: {exc}") from exc
-
-
-def raw_bytes(columns: Row) -> bytes:
-    """The message columns of a fetched row (bytes, or None for NULL), one per line."""
-    return b"\n".join(c or b"" for c in columns)
-
-
-def dumps(value: Any) -> bytes:
-    """Headers or properties as stored: a JSON object."""
-    return orjson.dumps(value if type(value) is dict else dict(value))
-
-
-def dead_letter_of(row: Row) -> DeadLetter:
-    """A ``DeadLetter`` from a row of ``LIST_DEAD`` (``DEAD_COLUMNS``)."""
-    id_, queue, reason, delivery_count, dead_at = row[:5]
-    if row[5] is None:  # raw bytes, never a message
-        return DeadLetter(str(id_), queue, None, row[9], reason, delivery_count, dead_at)
-    message = decode_message(row[5:])
-    raw = encode_envelope(message, queue)
-    return DeadLetter(str(id_), queue, message, raw, reason, delivery_count, dead_at)
