@@ -31,7 +31,7 @@ from celeriac.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 from celeriac.result import AsyncResult
 from celeriac.testing import WorkerProcess, memory_app, worker_thread
 
-from .services import rabbitmq_url, redis_url
+from .services import postgres_url, rabbitmq_url, redis_url
 from .worker_processes import ROOT, client_app, wait_for, worker_env
 
 APP = "tests.apps.remote_control"
@@ -50,7 +50,16 @@ def _amqp(tmp_path: Path) -> str:
     return rabbitmq_url()
 
 
-BROKERS: dict[str, Callable[[Path], str]] = {"sqlite": _sqlite, "redis": _redis, "amqp": _amqp}
+def _postgres(tmp_path: Path) -> str:
+    return postgres_url()
+
+
+BROKERS: dict[str, Callable[[Path], str]] = {
+    "sqlite": _sqlite,
+    "redis": _redis,
+    "amqp": _amqp,
+    "postgres": _postgres,
+}
 
 
 @dataclass
