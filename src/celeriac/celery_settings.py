@@ -59,8 +59,8 @@ _GROUPS: dict[str, tuple[str, ...]] = {
         "broker_native_delayed_delivery_queue_type",
         "worker_eta_task_limit",
     ),
-    "celeriac has no such result store: result_backend takes sqlite://, redis://, rpc:// "
-    "or memory:// URLs": (
+    "celeriac has no such result store: result_backend takes sqlite://, redis://, "
+    "postgresql://, rpc:// or memory:// URLs": (
         "cache_backend",
         "cache_backend_options",
         "cassandra_entry_ttl",
