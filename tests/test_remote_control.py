@@ -197,13 +197,19 @@ def test_add_consumer_then_cancel_consumer(node: Node) -> None:
     node.ran_since_sent()
     assert not node.started(waiting)  # nobody consumes the queue yet
 
-    reply = node.client.control.add_consumer(queue, destination=[node.hostname], reply=True)
+    # Every child starts consuming before the voice answers: on a loaded machine that can
+    # take longer than Celery's 1 s default; the call returns at the one answer awaited.
+    reply = node.client.control.add_consumer(
+        queue, destination=[node.hostname], reply=True, timeout=5
+    )
     assert reply == [{node.hostname: {"ok": f"add consumer {queue}"}}]
     wait_for(lambda: node.started(waiting), 10, "the task on the added queue started")
     names = [q["name"] for q in _answer(node, "active_queues")]
     assert names == ["celery", queue]
 
-    reply = node.client.control.cancel_consumer(queue, destination=[node.hostname], reply=True)
+    reply = node.client.control.cancel_consumer(
+        queue, destination=[node.hostname], reply=True, timeout=5
+    )
     assert reply == [{node.hostname: {"ok": f"no longer consuming from {queue}"}}]
     node.release()
     assert waiting.get(timeout=10) > 0  # the task taken before the cancel is settled

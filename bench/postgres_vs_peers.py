@@ -1,0 +1,464 @@
+"""celeriac's PostgreSQL broker against Procrastinate 3, same database, same run.
+
+    python bench/postgres_vs_peers.py [--tasks N] [--latency-calls N] [--only WORKLOAD] [--quick]
+
+Every measurement runs in a fresh process on fresh schemas of one database
+(``BENCH_PG_URL``, default ``postgresql://postgres@127.0.0.1:5432/test``):
+the script drops ``bench_celeriac``, ``bench_procrastinate`` and ``bench_floor``
+before and after each one, celeriac creates its tables on connect and
+Procrastinate's schema is applied with its own ``apply_schema``. The systems
+take turns, and the machine's floor (one ``INSERT`` + ``COMMIT`` from psycopg 3)
+is measured first in the same run. See ``bench/README.md`` for the workloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+
+REPO = Path(__file__).resolve().parent.parent
+URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+CELERIAC_SCHEMA, PROCRASTINATE_SCHEMA, FLOOR_SCHEMA = (
+    "bench_celeriac",
+    "bench_procrastinate",
+    "bench_floor",
+)
+BATCH = 100
+"""Tasks per batch call: celeriac ``send_many``, Procrastinate ``batch_defer``."""
+POLL = 0.02
+"""Seconds between two looks at a system's table while its worker drains."""
+STATUS_POLL = 0.0005
+"""Seconds between two reads of a Procrastinate job's status in the round trip."""
+RUN_TIMEOUT = 300.0
+DRAIN_TIMEOUT = 200.0
+SYSTEMS = ("celeriac", "procrastinate")
+WORKLOADS = ("serial", "batch", "drain", "latency")
+WORKERS: dict[str, list[str]] = {  # after ``python``; BENCH_<SYSTEM>_WORKER adds options
+    "celeriac": ["-m", "celeriac", "-A", "bench.apps.celeriac_postgres", "worker", "-l", "WARNING"],
+    "procrastinate": [
+        "-m",
+        "procrastinate",
+        "--app=bench.apps.procrastinate_app.app",
+        "worker",
+        "--concurrency",
+        "2",
+    ],
+}
+for _name, _command in WORKERS.items():
+    _command.extend(os.environ.get(f"BENCH_{_name.upper()}_WORKER", "").split())
+REMAINING = {  # system -> SQL: (tasks not done yet, tasks no worker has taken yet)
+    "celeriac": "SELECT count(*), count(*) FILTER (WHERE delivery_count = 0)"
+    f" FROM {CELERIAC_SCHEMA}.celeriac_messages",
+    "procrastinate": "SELECT count(*) FILTER (WHERE status IN ('todo', 'doing')),"
+    f" count(*) FILTER (WHERE status = 'todo') FROM {PROCRASTINATE_SCHEMA}.procrastinate_jobs",
+}
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "BENCH_CELERIAC_PG_URL": f"{URL}?schema={CELERIAC_SCHEMA}",
+        "BENCH_PROCRASTINATE_PG_URL": URL,
+        "BENCH_PROCRASTINATE_SCHEMA": PROCRASTINATE_SCHEMA,
+    }
+
+
+# -- one measurement, in its own process ----------------------------------------------
+
+
+class Queue:
+    """What a workload needs from a task queue: enqueue, batch, round trip."""
+
+    name = ""
+
+    def enqueue(self) -> None:
+        raise NotImplementedError
+
+    def batch(self, n: int) -> None:
+        raise NotImplementedError
+
+    def round_trip(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class CeleriacQueue(Queue):
+    name = "celeriac"
+
+    def __init__(self) -> None:
+        from bench.apps import celeriac_postgres
+
+        self.app, self.noop = celeriac_postgres.app, celeriac_postgres.noop
+
+    def enqueue(self) -> None:
+        self.noop.delay()
+
+    def batch(self, n: int) -> None:
+        self.app.send_many([self.noop.s() for _ in range(n)])
+
+    def round_trip(self) -> None:
+        assert self.noop.delay().get(timeout=60) == 1
+
+
+class ProcrastinateQueue(Queue):
+    """Opens the app (sync API) and applies Procrastinate's schema, untimed.
+
+    Procrastinate keeps no result to wait on: a round trip defers, then reads the
+    job's status every ``STATUS_POLL`` seconds until ``succeeded``.
+    """
+
+    name = "procrastinate"
+
+    def __init__(self) -> None:
+        from bench.apps import procrastinate_app
+
+        self.app, self.noop = procrastinate_app.app, procrastinate_app.noop
+        self.app.open()
+        self.app.schema_manager.apply_schema()
+        self.status: psycopg.Connection[Any] | None = None
+
+    def enqueue(self) -> None:
+        self.noop.defer()
+
+    def batch(self, n: int) -> None:
+        self.noop.batch_defer(*({} for _ in range(n)))
+
+    def round_trip(self) -> None:
+        if self.status is None:
+            self.status = psycopg.connect(URL, autocommit=True)
+        job_id = self.noop.defer()
+        deadline = time.perf_counter() + 60
+        while True:
+            row = self.status.execute(
+                f"SELECT status FROM {PROCRASTINATE_SCHEMA}.procrastinate_jobs WHERE id = %s",
+                (job_id,),
+            ).fetchone()
+            if row is not None and row[0] == "succeeded":
+                return
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"job {job_id} still {row} after 60 s")
+            time.sleep(STATUS_POLL)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.close()
+        self.app.close()
+
+
+QUEUES: dict[str, type[Queue]] = {"celeriac": CeleriacQueue, "procrastinate": ProcrastinateQueue}
+
+
+class Worker:
+    """One worker of one system, in its own process group, its output in a log file."""
+
+    def __init__(self, system: str) -> None:
+        self.log: IO[bytes] = tempfile.TemporaryFile(prefix=f"bench-{system}-worker-")  # noqa: SIM115 - closed by stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, *WORKERS[system]],
+            cwd=REPO,
+            env=_env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {self.proc.returncode}:\n{self.tail()}")
+
+    def tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        """SIGTERM to the worker (each system's warm shutdown), then SIGKILL to its group."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=15)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # leftover children, if any
+            self.proc.wait(timeout=10)
+        finally:
+            self.log.close()
+
+
+def floor(n: int) -> dict[str, float]:
+    """``F_pg``: one ``INSERT`` + ``COMMIT`` round trip from psycopg 3's sync connection."""
+    with psycopg.connect(URL) as conn:
+        conn.execute(f"CREATE SCHEMA {FLOOR_SCHEMA}")
+        conn.execute(f"CREATE TABLE {FLOOR_SCHEMA}.rows (id bigserial PRIMARY KEY, x int)")
+        conn.commit()
+        insert = f"INSERT INTO {FLOOR_SCHEMA}.rows (x) VALUES (1)"
+        conn.execute(insert)  # warm-up; not timed
+        conn.commit()
+        started = time.perf_counter()
+        for _ in range(n):
+            conn.execute(insert)
+            conn.commit()
+        elapsed = time.perf_counter() - started
+    return {"rate": n / elapsed, "us": elapsed / n * 1e6}
+
+
+def serial(q: Queue, n: int) -> dict[str, float]:
+    q.enqueue()  # connects; not timed
+    started = time.perf_counter()
+    for _ in range(n):
+        q.enqueue()
+    return {"rate": n / (time.perf_counter() - started)}
+
+
+def batch(q: Queue, n: int) -> dict[str, float]:
+    q.batch(1)  # connects; not timed
+    started = time.perf_counter()
+    for start in range(0, n, BATCH):
+        q.batch(min(BATCH, n - start))
+    return {"rate": n / (time.perf_counter() - started)}
+
+
+def drain(q: Queue, n: int) -> dict[str, float]:
+    """From the first look that finds a task taken to the one that finds none left.
+
+    Both systems' tables are read with the same kind of query every ``POLL``
+    seconds, so process start-up stays out of the figure for both.
+    """
+    for start in range(0, n, BATCH):
+        q.batch(min(BATCH, n - start))
+    worker = Worker(q.name)
+    try:
+        with psycopg.connect(URL, autocommit=True) as conn:
+            launched = time.perf_counter()
+            first_at, first_left = 0.0, 0
+            while True:
+                time.sleep(POLL)
+                row = conn.execute(REMAINING[q.name]).fetchone()
+                assert row is not None
+                left, untouched = row
+                now = time.perf_counter()
+                if untouched < n and not first_at:
+                    first_at, first_left = now, left
+                if left == 0:
+                    break
+                if now - launched > DRAIN_TIMEOUT:
+                    raise RuntimeError(f"drain stuck at {left} left:\n{worker.tail()}")
+                worker.check()
+    finally:
+        worker.stop()
+    return {"rate": first_left / max(now - first_at, POLL), "startup": first_at - launched}
+
+
+def latency(q: Queue, calls: int) -> dict[str, float]:
+    worker = Worker(q.name)
+    try:
+        deadline = time.perf_counter() + 60
+        while True:  # waits for the worker to start; not timed
+            worker.check()
+            try:
+                q.round_trip()
+                break
+            except Exception:
+                if time.perf_counter() > deadline:
+                    raise
+        for _ in range(20):  # warm-up; not timed
+            q.round_trip()
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            q.round_trip()
+            times.append(time.perf_counter() - started)
+    finally:
+        worker.stop()
+    times.sort()
+    return {
+        "p50": statistics.median(times) * 1000,
+        "p99": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
+    }
+
+
+def measure(system: str, workload: str, n: int, calls: int) -> dict[str, float]:
+    sys.path.insert(0, str(REPO))
+    if workload == "floor":
+        return floor(n)
+    q = QUEUES[system]()
+    try:
+        if workload == "serial":
+            return serial(q, n)
+        if workload == "batch":
+            return batch(q, n)
+        if workload == "drain":
+            return drain(q, n)
+        return latency(q, calls)
+    finally:
+        q.close()
+
+
+# -- the whole run ---------------------------------------------------------------------
+
+
+def _drop_schemas() -> None:
+    with psycopg.connect(URL, autocommit=True) as conn:
+        for schema in (CELERIAC_SCHEMA, PROCRASTINATE_SCHEMA, FLOOR_SCHEMA):
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {PROCRASTINATE_SCHEMA}")  # celeriac creates its own
+
+
+def run_one(system: str, workload: str, n: int, calls: int) -> dict[str, float] | str:
+    """One measurement in a fresh process on fresh schemas; a string says why not."""
+    _drop_schemas()
+    args = ["--one", system, workload, "--tasks", str(n), "--latency-calls", str(calls)]
+    try:
+        done = subprocess.run(
+            [sys.executable, __file__, *args],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"timed out after {RUN_TIMEOUT:.0f}s"
+    finally:
+        _drop_schemas()
+    if done.returncode != 0:
+        return f"failed (exit {done.returncode}; see stderr above)"
+    result: dict[str, float] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def preflight() -> None:
+    """Fail now, with the fix, if PostgreSQL is down or Procrastinate is not installed."""
+    if importlib.util.find_spec("procrastinate") is None:
+        sys.exit("postgres_vs_peers: Procrastinate is missing: pip install 'procrastinate>=3'")
+    try:
+        psycopg.connect(URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        sys.exit(f"postgres_vs_peers: cannot reach PostgreSQL at {URL} ({exc})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=5000, help="tasks per workload")
+    parser.add_argument("--latency-calls", type=int, default=300)
+    parser.add_argument("--only", choices=WORKLOADS, action="append", help="run these only")
+    parser.add_argument(
+        "--quick", action="store_true", help="1,000 tasks and 100 round trips (under 2 minutes)"
+    )
+    parser.add_argument("--one", nargs=2, metavar=("SYSTEM", "WORKLOAD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.tasks, args.latency_calls = 1000, 100
+    if args.one:
+        system, workload = args.one
+        print(json.dumps(measure(system, workload, args.tasks, args.latency_calls)), flush=True)
+        return
+
+    preflight()
+    print(
+        f"{os.cpu_count()} cores, {args.tasks} tasks per workload, "
+        f"{args.latency_calls} round trips, PostgreSQL {URL}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    results: dict[tuple[str, str], dict[str, float] | str] = {}
+    results["floor", "floor"] = run_one("floor", "floor", args.tasks, args.latency_calls)
+    print(f"  floor: {results['floor', 'floor']}", file=sys.stderr, flush=True)
+    for workload in args.only or WORKLOADS:
+        for system in SYSTEMS:
+            outcome = run_one(system, workload, args.tasks, args.latency_calls)
+            results[system, workload] = outcome
+            print(f"  {workload} {system}: {outcome}", file=sys.stderr, flush=True)
+    _report(results)
+    print(f"\n(total {time.perf_counter() - started:.0f}s)")
+
+
+ROWS = (  # workload/field, label, higher is better
+    ("serial/rate", "enqueue, 1 thread, one by one (tasks/s)", True),
+    ("batch/rate", f"enqueue, batches of {BATCH} (tasks/s)", True),
+    ("drain/rate", "drain, one worker on 2 cores (tasks/s)", True),
+    ("latency/p50", "round trip p50, idle worker (ms)", False),
+    ("latency/p99", "round trip p99, idle worker (ms)", False),
+)
+TARGETS = {"serial/rate": 2.0, "batch/rate": 2.0, "drain/rate": 2.0, "latency/p50": 2.0}
+"""The issue's targets as a ratio (>1: celeriac better): 2x every rate, half the p50."""
+
+
+def _value(results: dict[tuple[str, str], dict[str, float] | str], system: str, key: str) -> Any:
+    workload, _, field = key.partition("/")
+    got = results.get((system, workload))
+    return got[field] if isinstance(got, dict) else got
+
+
+def _report(results: dict[tuple[str, str], dict[str, float] | str]) -> None:
+    floor_rate = _value(results, "floor", "floor/rate")
+    if isinstance(floor_rate, float):
+        print(
+            f"\nfloor F_pg: {1e6 / floor_rate:.0f} us per INSERT + COMMIT "
+            f"(psycopg 3 sync) -> 1/F_pg = {floor_rate:,.0f}/s"
+        )
+    header = ["metric", *SYSTEMS, "celeriac/procrastinate", "target", "met"]
+    if isinstance(floor_rate, float):
+        header[3:3] = ["celeriac / (1/F_pg)", "procrastinate / (1/F_pg)"]
+    rows: list[list[str]] = []
+    for key, label, higher_better in ROWS:
+        if not any((s, key.partition("/")[0]) in results for s in SYSTEMS):
+            continue
+        values = [_value(results, s, key) for s in SYSTEMS]
+        cells = [label, *(_cell(v) for v in values)]
+        if isinstance(floor_rate, float):
+            cells += [f"{v / floor_rate:.2f}" if higher_better and _ok(v) else "" for v in values]
+        ours, theirs = values
+        ratio = (ours / theirs if higher_better else theirs / ours) if _ok(ours, theirs) else None
+        cells.append("n/a" if ratio is None else f"{ratio:.2f}x")
+        target = TARGETS.get(key)
+        cells.append("" if target is None else f">= {target:.0f}x")
+        cells.append("" if target is None or ratio is None else "yes" if ratio >= target else "NO")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    print()
+    print(line(header))
+    print(line(["-" * w for w in widths]))
+    for row in rows:
+        print(line(row))
+    print(
+        "\nRatios > 1 mean celeriac is better (round trips: procrastinate / celeriac)."
+        f"\nceleriac's batch row is its batch API (app.send_many, {BATCH} messages in one"
+        " transaction), not an application's own transaction; Procrastinate's is"
+        f" task.batch_defer of {BATCH} (one INSERT)."
+        "\nProcrastinate has no result wait: its round trip is defer(), then reading the"
+        f" job's status every {STATUS_POLL * 1000:g} ms until 'succeeded'."
+    )
+
+
+def _ok(*values: Any) -> bool:
+    return all(isinstance(v, float) and v > 0 for v in values)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+    return "n/a" if value is None else "error"
+
+
+if __name__ == "__main__":
+    main()
