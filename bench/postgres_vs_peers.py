@@ -312,16 +312,17 @@ def measure(system: str, workload: str, n: int, calls: int) -> dict[str, float]:
 # -- the whole run ---------------------------------------------------------------------
 
 
-def _drop_schemas() -> None:
+def _drop_schemas(*, recreate: bool) -> None:
     with psycopg.connect(URL, autocommit=True) as conn:
         for schema in (CELERIAC_SCHEMA, PROCRASTINATE_SCHEMA, FLOOR_SCHEMA):
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        conn.execute(f"CREATE SCHEMA {PROCRASTINATE_SCHEMA}")  # celeriac creates its own
+        if recreate:  # celeriac creates its own; apply_schema needs it to exist
+            conn.execute(f"CREATE SCHEMA {PROCRASTINATE_SCHEMA}")
 
 
 def run_one(system: str, workload: str, n: int, calls: int) -> dict[str, float] | str:
     """One measurement in a fresh process on fresh schemas; a string says why not."""
-    _drop_schemas()
+    _drop_schemas(recreate=True)
     args = ["--one", system, workload, "--tasks", str(n), "--latency-calls", str(calls)]
     try:
         done = subprocess.run(
@@ -335,7 +336,7 @@ def run_one(system: str, workload: str, n: int, calls: int) -> dict[str, float] 
     except subprocess.TimeoutExpired:
         return f"timed out after {RUN_TIMEOUT:.0f}s"
     finally:
-        _drop_schemas()
+        _drop_schemas(recreate=False)
     if done.returncode != 0:
         return f"failed (exit {done.returncode}; see stderr above)"
     result: dict[str, float] = json.loads(done.stdout.decode().strip().splitlines()[-1])
