@@ -14,22 +14,23 @@ is measured first in the same run. See ``bench/README.md`` for the workloads.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.worker_process import Worker  # noqa: E402
+
 URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CELERIAC_SCHEMA, PROCRASTINATE_SCHEMA, FLOOR_SCHEMA = (
     "bench_celeriac",
@@ -164,42 +165,6 @@ class ProcrastinateQueue(Queue):
 QUEUES: dict[str, type[Queue]] = {"celeriac": CeleriacQueue, "procrastinate": ProcrastinateQueue}
 
 
-class Worker:
-    """One worker of one system, in its own process group, its output in a log file."""
-
-    def __init__(self, system: str) -> None:
-        self.log: IO[bytes] = tempfile.TemporaryFile(prefix=f"bench-{system}-worker-")  # noqa: SIM115 - closed by stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, *WORKERS[system]],
-            cwd=REPO,
-            env=_env(),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def check(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with {self.proc.returncode}:\n{self.tail()}")
-
-    def tail(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        """SIGTERM to the worker (each system's warm shutdown), then SIGKILL to its group."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=15)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)  # leftover children, if any
-            self.proc.wait(timeout=10)
-        finally:
-            self.log.close()
-
-
 def floor(n: int) -> dict[str, float]:
     """``F_pg``: one ``INSERT`` + ``COMMIT`` round trip from psycopg 3's sync connection."""
     with psycopg.connect(URL) as conn:
@@ -241,7 +206,7 @@ def drain(q: Queue, n: int) -> dict[str, float]:
     """
     for start in range(0, n, BATCH):
         q.batch(min(BATCH, n - start))
-    worker = Worker(q.name)
+    worker = Worker(q.name, WORKERS[q.name], REPO, _env())
     try:
         with psycopg.connect(URL, autocommit=True) as conn:
             launched = time.perf_counter()
@@ -265,7 +230,7 @@ def drain(q: Queue, n: int) -> dict[str, float]:
 
 
 def latency(q: Queue, calls: int) -> dict[str, float]:
-    worker = Worker(q.name)
+    worker = Worker(q.name, WORKERS[q.name], REPO, _env())
     try:
         deadline = time.perf_counter() + 60
         while True:  # waits for the worker to start; not timed

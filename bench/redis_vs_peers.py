@@ -14,22 +14,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.util
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.worker_process import Worker  # noqa: E402
+
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 DONE_KEY = "bench:done"  # as bench.apps.redis_common.DONE_KEY
 BATCH = 1000
@@ -271,42 +272,6 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "BENCH_REDIS_URL": URL}
 
 
-class Worker:
-    """One worker of one system, in its own process group, its output in a log file."""
-
-    def __init__(self, system: str, extra: list[str]) -> None:
-        self.log: IO[bytes] = tempfile.TemporaryFile(prefix=f"bench-{system}-worker-")  # noqa: SIM115 - closed by stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, *WORKERS[system], *extra],
-            cwd=REPO,
-            env=_env(),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def check(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with {self.proc.returncode}:\n{self.tail()}")
-
-    def tail(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        """SIGTERM to the worker (each system's warm shutdown), then SIGKILL to its group."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=15)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)  # leftover children, if any
-            self.proc.wait(timeout=10)
-        finally:
-            self.log.close()
-
-
 def serial(q: Queue, n: int) -> dict[str, float]:
     q.enqueue()  # connects; not timed
     if isinstance(q, TaskiqQueue):
@@ -333,7 +298,7 @@ def drain(q: Queue, n: int, extra: list[str]) -> dict[str, float]:
     """
     q.enqueue_many(n)
     counter = redis.Redis.from_url(URL)
-    worker = Worker(q.name, extra)
+    worker = Worker(q.name, [*WORKERS[q.name], *extra], REPO, _env())
     try:
         launched = time.perf_counter()
         first_at = 0.0
@@ -357,7 +322,7 @@ def drain(q: Queue, n: int, extra: list[str]) -> dict[str, float]:
 
 
 def latency(q: Queue, calls: int) -> dict[str, float]:
-    worker = Worker(q.name, [])
+    worker = Worker(q.name, WORKERS[q.name], REPO, _env())
     try:
         deadline = time.perf_counter() + 60
         while True:  # waits for the worker to start; not timed
