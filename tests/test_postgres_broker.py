@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -19,13 +20,14 @@ import pytest
 
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.base import BrokerOptions, QueueStats
-from celeriac.errors import BrokerUnavailable
+from celeriac.errors import BrokerError, BrokerUnavailable
 from celeriac.postgres.broker import PostgresBroker
-from celeriac.postgres.connection import open_pool
+from celeriac.postgres.connection import one_round_trip, open_pool
 from celeriac.postgres.notify import channel_for
 from celeriac.postgres.schema import MIGRATIONS, all_sql, migrate
 from celeriac.postgres.url import split_schema
 from celeriac.protocol import Message, Outgoing
+from celeriac.shared_storage import StorageWrite
 
 from .services import postgres_url
 
@@ -266,3 +268,32 @@ async def test_an_unreachable_server_fails_fast_naming_the_url_and_the_fix() -> 
     with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1.*pg_isready"):
         await broker.connect()
     assert time.monotonic() - start < 3
+
+
+async def test_a_publish_is_one_round_trip_and_a_failed_one_keeps_nothing(
+    broker: PostgresBroker,
+) -> None:
+    """BEGIN, the carried writes, the rows, the NOTIFY and COMMIT go with one Sync; when a
+    carried write fails, the message is not kept and the connection goes back clean."""
+    await broker.publish([Outgoing("q", message("warm"))])
+    async with broker.session() as conn:
+        syncs = 0
+        read, write = os.pipe()
+        conn.pgconn.trace(write)
+        try:
+            async with one_round_trip(conn) as cur:
+                await cur.execute("SELECT 1")
+                await cur.execute("SELECT 2")
+        finally:
+            conn.pgconn.untrace()
+            os.close(write)
+            with os.fdopen(read) as trace:
+                syncs = sum("\tSync" in line for line in trace)
+    assert syncs == 1
+
+    bad = StorageWrite("INSERT INTO celeriac_no_such_table VALUES (%s)", [(1,)])
+    with pytest.raises(BrokerError, match="celeriac_no_such_table"):
+        await broker.publish([Outgoing("q", message("lost"))], writes=[bad])
+    assert (await broker.stats("q")).ready == 1  # the warm-up message only
+    async with broker.session() as conn:
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

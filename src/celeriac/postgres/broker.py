@@ -24,7 +24,7 @@ from ..brokers.operations import Operations
 from ..errors import BrokerError, SerializationError
 from ..protocol import Outgoing
 from ..shared_storage import StorageWrite
-from .connection import errors, make_writes, open_pool
+from .connection import errors, make_writes, one_round_trip, open_pool
 from .notify import Listener, channel_for
 from .schema import DEAD_LETTERS_TABLE as _D
 from .schema import MESSAGE_COLUMNS, NOTIFY, ensure_schema
@@ -161,8 +161,7 @@ class PostgresBroker(Broker):
         except orjson.JSONEncodeError as exc:
             raise SerializationError(f"message headers or properties are not JSON: {exc}") from exc
         channels = sorted(set(self.channels([o.queue for o in batch])))
-        async with self.session() as conn, conn.pipeline(), conn.transaction():
-            cur = conn.cursor()
+        async with self.session() as conn, one_round_trip(conn) as cur:
             await make_writes(cur, writes)
             await cur.executemany(INSERT, rows)
             await cur.execute(NOTIFY, (channels,))

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection, AsyncCursor
     from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["connect", "errors", "make_writes", "open_pool", "unavailable"]
+__all__ = ["connect", "errors", "make_writes", "one_round_trip", "open_pool", "unavailable"]
 
 
 def _driver(url: str) -> Any:
@@ -107,4 +107,27 @@ async def errors(url: str) -> AsyncIterator[None]:
             raise unavailable(url, exc) from exc
         if isinstance(exc, psycopg.Error):
             raise BrokerError(f"PostgreSQL broker {redact_url(url)}: {exc}") from exc
+        raise
+
+
+@contextlib.asynccontextmanager
+async def one_round_trip(conn: AsyncConnection[Any]) -> AsyncIterator[AsyncCursor[Any]]:
+    """A transaction whose statements (results unread) reach the server in one round trip.
+
+    ``BEGIN``, the caller's statements and ``COMMIT`` go in one pipeline with one
+    ``Sync`` at its end. (psycopg's ``transaction()`` inside a pipeline syncs at
+    ``BEGIN``, at ``COMMIT`` and once more on the way out: four round trips.) When a
+    statement fails the server skips the rest, ``COMMIT`` too, and the error is raised
+    here after a ``ROLLBACK``: nothing of the transaction is kept.
+    """
+    try:
+        async with conn.pipeline():
+            cur = conn.cursor()
+            await cur.execute("BEGIN")
+            yield cur
+            await cur.execute("COMMIT")
+    except BaseException:
+        if not conn.closed:
+            with contextlib.suppress(Exception):
+                await conn.rollback()
         raise

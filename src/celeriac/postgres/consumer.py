@@ -27,7 +27,7 @@ from ..brokers.base import Consumer, Delivery, logger
 from ..brokers.message_columns import decode_message, raw_bytes
 from ..errors import MessageError
 from ..shared_storage import StorageWrite
-from .connection import make_writes
+from .connection import make_writes, one_round_trip
 from .notify import SAFETY_LOOK, Listener
 from .schema import DEAD_LETTERS_TABLE as _D
 from .schema import MESSAGE_COLUMNS, NOTIFY
@@ -168,7 +168,7 @@ class PostgresConsumer(Consumer):
             "limit": limit,
         }
         async with self._broker.session() as conn:
-            async with conn.pipeline(), conn.transaction():
+            async with one_round_trip(conn):
                 await self._settle(conn, acks, writes)
                 lease = await conn.execute(LEASE, params)
                 due = await conn.cursor().execute(NEXT_DUE, params)
@@ -202,8 +202,7 @@ class PostgresConsumer(Consumer):
                 garbage.append((row, f"undecodable message row: {exc}"))
         if garbage:
             try:
-                async with self._broker.session() as conn, conn.pipeline(), conn.transaction():
-                    cur = conn.cursor()
+                async with self._broker.session() as conn, one_round_trip(conn) as cur:
                     params = [
                         {"id": r[0], "owner": self._owner, "reason": why, "raw": raw_bytes(r[5:])}
                         for r, why in garbage
@@ -220,7 +219,7 @@ class PostgresConsumer(Consumer):
     async def _ack(
         self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite] = ()
     ) -> None:
-        async with self._broker.session() as conn, conn.pipeline(), conn.transaction():
+        async with self._broker.session() as conn, one_round_trip(conn):
             await self._settle(conn, deliveries, writes)
 
     async def _release(
@@ -236,7 +235,7 @@ class PostgresConsumer(Consumer):
             return
         ids = [r[0] for r in rows]
         channels = sorted(set(self._broker.channels([r[1] for r in rows])))
-        async with self._broker.session() as conn, conn.pipeline(), conn.transaction():
+        async with self._broker.session() as conn, one_round_trip(conn):
             await conn.execute(RELEASE, (not_before, int(uncount), self._owner, ids))
             await conn.execute(NOTIFY, (channels,))
 
