@@ -17,7 +17,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.worker_process import Worker  # noqa: E402
+from bench.worker_process import Worker, round_trips  # noqa: E402
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 DONE_KEY = "bench:done"  # as bench.apps.redis_common.DONE_KEY
@@ -322,31 +321,7 @@ def drain(q: Queue, n: int, extra: list[str]) -> dict[str, float]:
 
 
 def latency(q: Queue, calls: int) -> dict[str, float]:
-    worker = Worker(q.name, WORKERS[q.name], REPO, _env())
-    try:
-        deadline = time.perf_counter() + 60
-        while True:  # waits for the worker to start; not timed
-            worker.check()
-            try:
-                q.round_trip()
-                break
-            except Exception:
-                if time.perf_counter() > deadline:
-                    raise
-        for _ in range(20):  # warm-up; not timed
-            q.round_trip()
-        times = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            q.round_trip()
-            times.append(time.perf_counter() - started)
-    finally:
-        worker.stop()
-    times.sort()
-    return {
-        "p50": statistics.median(times) * 1000,
-        "p99": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
-    }
+    return round_trips(Worker(q.name, WORKERS[q.name], REPO, _env()), q.round_trip, calls)
 
 
 def footprint(q: Queue) -> dict[str, float]:

@@ -1,14 +1,18 @@
 """A benchmark's worker: one system's worker command in its own process group, its output
-kept in a temporary file for when it fails (shared by the ``*_vs_peers.py`` scripts)."""
+kept in a temporary file for when it fails; and the round-trip measure that needs one
+(shared by the ``*_vs_peers.py`` scripts)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -47,3 +51,32 @@ class Worker:
             self.proc.wait(timeout=10)
         finally:
             self.log.close()
+
+
+def round_trips(worker: Worker, round_trip: Callable[[], object], calls: int) -> dict[str, float]:
+    """p50 and p99 (ms) of ``calls`` round trips through ``worker``, after it answers once
+    and 20 warm-up calls (neither timed); the worker is stopped at the end."""
+    try:
+        deadline = time.perf_counter() + 60
+        while True:  # waits for the worker to start; not timed
+            worker.check()
+            try:
+                round_trip()
+                break
+            except Exception:
+                if time.perf_counter() > deadline:
+                    raise
+        for _ in range(20):  # warm-up; not timed
+            round_trip()
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            round_trip()
+            times.append(time.perf_counter() - started)
+    finally:
+        worker.stop()
+    times.sort()
+    return {
+        "p50": statistics.median(times) * 1000,
+        "p99": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
+    }
