@@ -115,7 +115,7 @@ async def one_round_trip(conn: AsyncConnection[Any]) -> AsyncIterator[AsyncCurso
     """A transaction whose statements (results unread) reach the server in one round trip.
 
     ``BEGIN``, the caller's statements and ``COMMIT`` go in one pipeline with one
-    ``Sync`` at its end. (psycopg's ``transaction()`` inside a pipeline syncs at
+    Sync at its end. (psycopg's ``transaction()`` inside a pipeline syncs at
     ``BEGIN``, at ``COMMIT`` and once more on the way out: four round trips.) When a
     statement fails the server skips the rest, ``COMMIT`` too, and the error is raised
     here after a ``ROLLBACK``: nothing of the transaction is kept.
