@@ -7,15 +7,16 @@ reorder keys); content type and encoding are text; the body is bytes as sent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from ..errors import MessageError
-from ..protocol import Message, encode_envelope
+from ..errors import MessageError, SerializationError
+from ..protocol import Message, Outgoing, encode_envelope
 from .base import DeadLetter
 
-__all__ = ["Row", "dead_letter_of", "decode_message", "dumps", "raw_bytes"]
+__all__ = ["Row", "dead_letter_of", "decode_message", "dumps", "message_rows", "raw_bytes"]
 
 Row = tuple[Any, ...]
 
@@ -68,3 +69,24 @@ def dead_letter_of(row: Row) -> DeadLetter:
     message = decode_message(row[5:])
     raw = encode_envelope(message, queue)
     return DeadLetter(str(id_), queue, message, raw, reason, delivery_count, dead_at)
+
+
+def message_rows(batch: Sequence[Outgoing], not_before: float | None) -> list[Row]:
+    """``(queue, priority, not_before, *the five columns)`` per message of ``batch``; a
+    message without a delay gets ``not_before`` (None: the database decides)."""
+    try:
+        return [
+            (
+                o.queue,
+                o.priority,
+                o.not_before or not_before,
+                dumps(o.message.headers),
+                dumps(o.message.properties),
+                o.message.content_type,
+                o.message.content_encoding,
+                o.message.body,
+            )
+            for o in batch
+        ]
+    except orjson.JSONEncodeError as exc:
+        raise SerializationError(f"message headers or properties are not JSON: {exc}") from exc

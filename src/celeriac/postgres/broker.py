@@ -15,13 +15,11 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from ..brokers.base import Broker, BrokerOptions, DeadLetter, QueueStats
 from ..brokers.beat_store import BeatStore
-from ..brokers.message_columns import dead_letter_of, dumps
+from ..brokers.message_columns import dead_letter_of, message_rows
 from ..brokers.operations import Operations
-from ..errors import BrokerError, SerializationError
+from ..errors import BrokerError
 from ..protocol import Outgoing
 from ..shared_storage import StorageWrite
 from .connection import errors, make_writes, one_round_trip, open_pool
@@ -144,22 +142,7 @@ class PostgresBroker(Broker):
     async def _publish_with(
         self, batch: Sequence[Outgoing], writes: Sequence[StorageWrite]
     ) -> None:
-        try:
-            rows = [
-                (
-                    o.queue,
-                    o.priority,
-                    o.not_before,
-                    dumps(o.message.headers),
-                    dumps(o.message.properties),
-                    o.message.content_type,
-                    o.message.content_encoding,
-                    o.message.body,
-                )
-                for o in batch
-            ]
-        except orjson.JSONEncodeError as exc:
-            raise SerializationError(f"message headers or properties are not JSON: {exc}") from exc
+        rows = message_rows(batch, None)
         channels = sorted(set(self.channels([o.queue for o in batch])))
         async with self.session() as conn, one_round_trip(conn) as cur:
             await make_writes(cur, writes)

@@ -18,9 +18,8 @@ import orjson
 
 from ..brokers.base import Broker, BrokerOptions, DeadLetter, QueueStats
 from ..brokers.beat_store import BeatStore
-from ..brokers.message_columns import dead_letter_of, dumps
+from ..brokers.message_columns import dead_letter_of, message_rows
 from ..brokers.operations import Operations
-from ..errors import SerializationError
 from ..protocol import Outgoing
 from ..shared_storage import StorageWrite
 from .beat import SQLiteBeatStore
@@ -95,23 +94,7 @@ class SQLiteBroker(Broker):
     async def _publish_with(
         self, batch: Sequence[Outgoing], writes: Sequence[StorageWrite]
     ) -> None:
-        now = time.time()
-        try:
-            rows = [
-                (
-                    o.queue,
-                    o.priority,
-                    o.not_before or now,
-                    dumps(o.message.headers),
-                    dumps(o.message.properties),
-                    o.message.content_type,
-                    o.message.content_encoding,
-                    o.message.body,
-                )
-                for o in batch
-            ]
-        except orjson.JSONEncodeError as exc:
-            raise SerializationError(f"message headers or properties are not JSON: {exc}") from exc
+        rows = message_rows(batch, time.time())
         await self._writer.run(Insert(rows, writes))
         self._doorbell.ring()
 
