@@ -160,6 +160,8 @@ class Beat:
                 batch.append(self._outgoing(entry, tick))
             except (CeleriacError, TypeError, ValueError) as exc:
                 logger.error("beat: cannot send %s (%s): %s", entry.name, entry.task, exc)
+            else:
+                logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
         if batch and store.shares_publish:  # the ticks and their record in one transaction
             await publish(self.app, batch, writes=store.record_writes(lease, todo.runs))
         else:
@@ -169,8 +171,6 @@ class Beat:
                 logger.warning("beat %s: fenced out; another beat leads", self.name)
                 self.lease = None
                 return time.time()
-        for entry, _tick in todo.due:
-            logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
         self.sent += len(batch)
         self.runs.update(todo.runs)
         return todo.wake
