@@ -12,6 +12,7 @@ of "the current app" lives in ``request``, which this module sets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -43,6 +44,8 @@ from .signals import Signal
 from .signals import import_modules as import_modules_signal
 from .sqlite.url import DEFAULT_URL
 from .task import AsyncTask, Task, task_class
+from .transactions.current import enlisting
+from .transactions.enlist import enlistment_for
 from .worker.middleware import Middleware, Placement
 
 P = ParamSpec("P")
@@ -347,6 +350,18 @@ class Celeriac:
             run_on_every_loop(lambda _loop: self.aclose())
 
     # -- sending -----------------------------------------------------------------
+    def transaction(self, conn: Any) -> contextlib.AbstractContextManager[object]:
+        """Send into the application's open database transaction on ``conn``, until the block
+        ends: every ``delay``, ``apply_async``, ``send_task`` and group made in it runs if and
+        only if that transaction commits (docs/transactions.md).
+
+        ``conn`` is the application's psycopg, sqlite3, SQLAlchemy or Django connection.
+        With the PostgreSQL broker the messages are rows of its table; with any other
+        broker, rows of the outbox in ``outbox_url``, which ``celeriac outbox-relay``
+        publishes after the commit. The block neither commits nor rolls back.
+        """
+        return enlisting(enlistment_for(self, conn))
+
     def send_task(
         self,
         name: str,

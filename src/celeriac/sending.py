@@ -59,6 +59,7 @@ from .serialization import Serializer, resolve_name
 from .settings import Settings
 from .shared_storage import StorageWrite
 from .signals import after_task_publish, before_task_publish
+from .transactions.current import enlisted
 
 __all__ = [
     "App",
@@ -68,6 +69,7 @@ __all__ = [
     "build_outgoing",
     "check_message_size",
     "message_serializer",
+    "pending_markers",
     "publish",
     "zone_of",
 ]
@@ -378,10 +380,17 @@ async def publish(app: App, batch: Sequence[Outgoing], writes: Sequence[StorageW
     hiding it. With ``task_send_sent_event``, a task-sent event per message follows.
     ``writes`` are more writes in the broker's own storage made with the messages
     (beat's record of the ticks it sends; only for a broker with a ``storage``).
+    Inside ``app.transaction(conn)`` the batch goes into the caller's transaction
+    instead (:mod:`celeriac.transactions`), and no signal or event follows.
     """
+    enlistment = enlisted(app)
+    if enlistment is not None:  # inside app.transaction(conn): into the caller's transaction
+        assert not writes, "storage writes are never made inside an application's transaction"
+        await enlistment.enqueue(batch)
+        return
     conns = app.connections()
     broker = await conns.abroker()
-    pending = _pending(app.conf, batch) if app.conf.result_store_pending else []
+    pending = pending_markers(app.conf, batch) if app.conf.result_store_pending else []
     if not pending:
         if conns.reply_queue is not None:
             await conns.abackend()  # the reply queue exists before any reply is sent
@@ -431,7 +440,7 @@ async def _announce_published(batch: Sequence[Outgoing]) -> None:
         )
 
 
-def _pending(conf: Settings, batch: Sequence[Outgoing]) -> list[tuple[str, float | None]]:
+def pending_markers(conf: Settings, batch: Sequence[Outgoing]) -> list[tuple[str, float | None]]:
     """(task id, seconds to keep its PENDING marker) for the tasks that store results.
 
     A delayed task's marker is kept until ``result_expires`` after it is due.

@@ -133,6 +133,17 @@ class Settings:
     beat_catch_up: str = "one"
     """celeriac's own: the ticks missed while no beat ran at all: ``"one"`` run per entry,
     ``"none"``, or ``"all"`` (a leader's hand-over never misses any)."""
+    # transactional enqueue (celeriac.transactions)
+    outbox_url: str | None = None
+    """celeriac's own: the application database (``postgresql://...`` or ``sqlite:///path``)
+    whose ``celeriac_outbox`` table ``app.transaction(conn)`` writes messages into, for
+    ``celeriac outbox-relay`` to publish after commit. None: ``app.transaction`` writes
+    straight into the PostgreSQL broker's table, and needs that broker."""
+    outbox_batch_size: int = 100
+    """celeriac's own: outbox rows the relay publishes per broker publish."""
+    outbox_poll_interval: float = 1.0
+    """celeriac's own: seconds the relay waits between looks at the outbox when nothing woke
+    it (PostgreSQL wakes it at each commit with NOTIFY; SQLite cannot, so set it lower there)."""
     # app
     imports: list[str] = dataclasses.field(default_factory=list)
     include: list[str] = dataclasses.field(default_factory=list)

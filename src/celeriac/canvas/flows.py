@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..protocol import Outgoing
 from ..result import AsyncResult, GroupResult
 from ..sending import publish
+from ..transactions.current import refuse_inside
 from .signature import Signature, as_signature_list, maybe_signature, shortened
 
 if TYPE_CHECKING:
@@ -427,6 +428,7 @@ class chord(Signature[Any]):  # noqa: N801 - Celery's name
             target = member["kwargs"]["tasks"][-1] if isinstance(member, chain) else member
             target["options"]["chord"] = embedded
         header["args"] = list(self["args"]) + list(header["args"])
+        refuse_inside(app, "a chord", "its counter is set in the result store, outside it")
         await (await app.abackend()).set_chord_size(self["options"]["group_id"], len(header))
         await header.asend(app)
         return result

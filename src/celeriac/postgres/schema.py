@@ -49,6 +49,8 @@ their tables in their own modules' docstrings.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["MIGRATIONS", "Migration", "all_sql", "ensure_schema", "migrate"]
+__all__ = ["MIGRATIONS", "Migration", "all_sql", "ensure_schema", "migrate", "qualified"]
 
 SCHEMA_TABLE = "celeriac_schema"
 MESSAGES_TABLE = "celeriac_messages"
@@ -251,3 +253,16 @@ MESSAGE_COLUMNS = "headers, properties, content_type, content_encoding, body"
 NOTIFY = "SELECT pg_notify(c, '') FROM unnest(%s::text[]) AS c"
 """Wake the consumers of some queues (their channels: ``notify.channel_for``); delivered
 at commit."""
+
+
+_TABLE_NAMES = {SCHEMA_TABLE} | {
+    t for m in MIGRATIONS for t in re.findall(r"CREATE (?:UNLOGGED )?TABLE (\w+)", m.sql)
+}
+_TABLES = re.compile(r"\b(" + "|".join(sorted(_TABLE_NAMES, key=len, reverse=True)) + r")\b")
+
+
+@functools.lru_cache(maxsize=256)
+def qualified(sql: str, schema: str) -> str:
+    """``sql`` with each of celeriac's tables named in ``schema``: for a connection whose
+    ``search_path`` is not the URL's (the application's own, ``app.transaction``)."""
+    return _TABLES.sub(lambda m: f'"{schema}".{m.group(1)}', sql)
