@@ -30,6 +30,7 @@ from .brokers import broker_from_url
 from .brokers.base import Broker, BrokerOptions
 from .canvas import Signature, register_builtins, signature
 from .connections import LoopConnections
+from .contrib.django import fixup as django_fixup
 from .control import Control
 from .discovery import django_apps, import_object, import_related
 from .errors import NotRegistered
@@ -44,12 +45,16 @@ from .signals import Signal
 from .signals import import_modules as import_modules_signal
 from .sqlite.url import DEFAULT_URL
 from .task import AsyncTask, Task, task_class
+from .transactions.callers import pin
 from .transactions.current import enlisting
 from .transactions.enlist import enlistment_for
 from .worker.middleware import Middleware, Placement
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_DATABASE_BROKERS = ("sqlite", "memory", "postgresql", "postgres")
+"""Brokers whose database holds the results too when ``result_backend`` is not set."""
+
 logger = logging.getLogger("celeriac")
 Packages = Callable[[], Iterable[str]] | Iterable[str] | None
 """What ``autodiscover_tasks`` takes: package names, a callable giving them, or None."""
@@ -113,6 +118,11 @@ class Celeriac:
         self.on_after_finalize = Signal(name="app.on_after_finalize")
         self.on_after_fork = Signal(name="app.on_after_fork")
         self.finalized = False
+        self.task_cls: type[Task[Any, Any]] | None = None
+        """The class of sync tasks declared without ``base=`` (Celery's ``task_cls``; the
+        Django fixup sets ``celeriac.contrib.django.DjangoTask``); None: ``Task``."""
+        if django_fixup.wanted():
+            django_fixup.install(self)
         register_builtins(self)
         self._builtins = frozenset(self.tasks)
         for fn, options in _shared_tasks:
@@ -153,16 +163,16 @@ class Celeriac:
 
     @property
     def result_backend_url(self) -> str:
-        """The result store's URL. None: beside an embedded broker's messages, else
-        SQLite. A bare ``rpc://`` means the RabbitMQ broker's own server and vhost,
-        as in Celery."""
+        """The result store's URL. None: beside the messages of a broker that is a
+        database (SQLite, PostgreSQL, memory), else SQLite. A bare ``rpc://`` means the
+        RabbitMQ broker's own server and vhost, as in Celery."""
         backend = self.conf.result_backend
         scheme = self.broker_url.partition("://")[0].lower()
         if backend and backend.rstrip("/") == "rpc:" and scheme in ("amqp", "amqps"):
             return self.broker_url
         if backend:
             return backend
-        return self.broker_url if scheme in ("sqlite", "memory") else DEFAULT_URL
+        return self.broker_url if scheme in _DATABASE_BROKERS else DEFAULT_URL
 
     @property
     def codec(self) -> Codec:
@@ -239,7 +249,7 @@ class Celeriac:
         )
         opts = {**annotations, **opts}
         opts.pop("shared", None)
-        cls = task_class(opts.pop("base", None), fn)
+        cls = task_class(opts.pop("base", None), fn, self.task_cls)
         try:
             task = cls(self, fn, name=name, **opts)
         except TypeError as exc:
@@ -360,7 +370,7 @@ class Celeriac:
         broker, rows of the outbox in ``outbox_url``, which ``celeriac outbox-relay``
         publishes after the commit. The block neither commits nor rolls back.
         """
-        return enlisting(enlistment_for(self, conn))
+        return enlisting(enlistment_for(self, pin(conn)))
 
     def send_task(
         self,

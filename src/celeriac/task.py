@@ -9,6 +9,7 @@ type error for ``def add(x: int, y: int) -> int``. Each sync call has an
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -297,6 +298,29 @@ class Task(Generic[P, R]):
         await publish(self.app, [call])
         return AsyncResult(call.message.id, self.app, self.name)
 
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """``delay`` once Django's transaction on the default database commits, at once
+        outside one, never if it rolls back (Celery's ``DjangoTask``; Django's
+        ``transaction.on_commit``). Returns None: nothing is sent yet.
+
+        A process that dies between the commit and the send loses the task;
+        ``app.transaction(connection)`` puts the message in the transaction instead
+        (docs/transactions.md).
+        """
+        _on_django_commit(functools.partial(self.delay, *args, **kwargs), None)
+
+    def apply_async_on_commit(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        using: str | None = None,
+        **options: Any,
+    ) -> None:
+        """``apply_async`` once Django's transaction on the database ``using`` (default:
+        the default one) commits, as :meth:`delay_on_commit`."""
+        _on_django_commit(functools.partial(self.apply_async, args, kwargs, **options), using)
+
     def _call(
         self,
         args: Sequence[Any] | None,
@@ -461,6 +485,17 @@ class AsyncTask(Task[P, R]):
             current_request.reset(token)
 
 
+def _on_django_commit(send: Callable[[], object], using: str | None) -> None:
+    try:
+        from django.db import transaction  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    except ImportError:
+        raise ConfigurationError(
+            "delay_on_commit() and apply_async_on_commit() send after a Django transaction "
+            "commits: they need Django (pip install django)"
+        ) from None
+    transaction.on_commit(send, using=using)
+
+
 _HANDLERS = ("before_start", "on_success", "on_failure", "on_retry", "after_return", "__call__")
 
 
@@ -468,9 +503,14 @@ def _defines(cls: type[Task[Any, Any]], handler: str) -> bool:
     return getattr(cls, handler) not in (getattr(Task, handler), getattr(AsyncTask, handler))
 
 
-def task_class(base: object, fn: Callable[..., Any]) -> type[Task[Any, Any]]:
+def task_class(
+    base: object, fn: Callable[..., Any], default: type[Task[Any, Any]] | None = None
+) -> type[Task[Any, Any]]:
     """The class of the task made of ``fn``: ``base`` (``@app.task(base=MyTask)``, a
-    subclass of :class:`Task`) or, without one, ``Task`` or ``AsyncTask`` as ``fn`` is."""
+    subclass of :class:`Task`) or, without one, ``AsyncTask`` for an ``async def`` and
+    ``default`` (the app's ``task_cls``), else ``Task``, for a sync function."""
+    if base is None and default is not None and not inspect.iscoroutinefunction(fn):
+        base = default
     if base is None or base is Task or base is AsyncTask:
         return AsyncTask if inspect.iscoroutinefunction(fn) else Task
     if isinstance(base, type) and issubclass(base, Task):

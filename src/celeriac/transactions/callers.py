@@ -7,9 +7,9 @@ or roll back with the application's own writes. Accepted:
 * psycopg 3 ``Connection`` and ``AsyncConnection``; psycopg2 connections;
 * ``sqlite3.Connection`` (Python's legacy transaction control opens the
   transaction before the first write, as it does for the application's);
-* SQLAlchemy 2 ``Session``, ``Connection``, ``AsyncSession`` and
-  ``AsyncConnection`` (the DB-API connection under them, in the transaction the
-  session began: on psycopg, psycopg2, sqlite3 or aiosqlite);
+* SQLAlchemy 2's Session, Connection, AsyncSession and AsyncConnection (the
+  DB-API connection under them, in the transaction the session began: on
+  psycopg, psycopg2, sqlite3 or aiosqlite);
 * Django's ``django.db.connection`` (or ``connections[alias]``), PostgreSQL or
   SQLite, inside ``transaction.atomic()``.
 
@@ -29,7 +29,7 @@ from typing import Any, Literal
 from ..errors import ConfigurationError
 from ..shared_storage import StorageWrite
 
-__all__ = ["CallerConnection", "Dialect", "caller_connection"]
+__all__ = ["CallerConnection", "Dialect", "caller_connection", "pin"]
 
 Dialect = Literal["postgresql", "sqlite"]
 
@@ -50,19 +50,32 @@ class CallerConnection:
     kind: Literal["dbapi", "psycopg-async", "aiosqlite"]
 
     async def run(self, writes: Sequence[StorageWrite]) -> None:
-        """Each write's statement once per row of its ``args``, in order."""
+        """Each write's statement once per row of its ``args``, in order.
+
+        A write of one row is an ``execute``: psycopg's ``executemany`` enters
+        pipeline mode and waits three times, for a statement that needs one round trip.
+        """
         for write in writes:
             sql = write.statement.replace("%s", "?") if self.qmark else write.statement
             rows = list(write.args)
             if self.kind == "psycopg-async":
                 async with self.conn.cursor() as cur:
-                    await cur.executemany(sql, rows)
+                    if len(rows) == 1:
+                        await cur.execute(sql, rows[0])
+                    else:
+                        await cur.executemany(sql, rows)
             elif self.kind == "aiosqlite":
-                await self.conn.executemany(sql, rows)
+                if len(rows) == 1:
+                    await self.conn.execute(sql, rows[0])
+                else:
+                    await self.conn.executemany(sql, rows)
             else:
                 cur = self.conn.cursor()
                 try:
-                    cur.executemany(sql, rows)
+                    if len(rows) == 1:
+                        cur.execute(sql, rows[0])
+                    else:
+                        cur.executemany(sql, rows)
                 finally:
                     cur.close()
 
@@ -93,15 +106,36 @@ async def caller_connection(conn: Any) -> CallerConnection:
     )
 
 
+def pin(conn: Any) -> Any:
+    """``conn`` as the calling thread sees it, for the coroutine that writes on it later.
+
+    Django's ``django.db.connection`` is a proxy to a connection per thread, and per
+    context under a running event loop (the sync facade runs one): resolved there it
+    would be a new connection, outside the application's transaction.
+    """
+    if type(conn).__module__.startswith("django.") and hasattr(conn, "alias"):
+        from django.db import connections  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+        return connections[conn.alias]
+    return conn
+
+
 def _django(conn: Any) -> CallerConnection:
     vendor = getattr(conn, "vendor", None)
     if vendor not in ("postgresql", "sqlite"):
         raise ConfigurationError(
             f"app.transaction() supports Django's PostgreSQL and SQLite backends, not {vendor!r}"
         )
-    conn.ensure_connection()
-    # Django's cursor takes %s on every backend and follows its atomic() blocks.
-    return CallerConnection(conn, vendor, False, "dbapi")
+    # Django's own methods refuse to run under an event loop (the sync facade runs one
+    # in this thread), so the writes go on the driver's connection under Django's:
+    # the same session, in the transaction atomic() began on it.
+    raw = conn.connection
+    if raw is None or conn.autocommit:
+        raise ConfigurationError(
+            "app.transaction() with a Django connection must be inside transaction.atomic() "
+            f"on it (the {conn.alias!r} connection has no open transaction)"
+        )
+    return CallerConnection(raw, vendor, vendor == "sqlite", "dbapi")
 
 
 async def _sqlalchemy_dbapi(conn: Any) -> Any:

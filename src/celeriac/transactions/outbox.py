@@ -123,15 +123,18 @@ _ensured: set[str] = set()
 
 async def ensure_outbox(url: str) -> None:
     """Create the outbox table if missing, on a connection of celeriac's own (once per
-    process and URL), so the application's transaction never runs DDL."""
+    process and URL): the relay's start, and a PostgreSQL enqueue's first, so the
+    application's transaction runs no DDL there."""
     if url in _ensured:
         return
     if dialect_of(url) == "postgresql":
         from ..postgres.connection import connect, errors
+        from ..postgres.url import split_schema
 
         async with errors(url):
             conn = await connect(url)
-            try:
+            try:  # the schema too, as the broker and the store create theirs
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{split_schema(url)[1]}"')
                 await conn.execute(_DDL["postgresql"].format(table=TABLE))
             finally:
                 await conn.close()
@@ -162,6 +165,7 @@ class OutboxEnlistment:
         self._conn = conn
         self._dialect = dialect_of(url)
         self._caller: CallerConnection | None = None
+        self._ensured = False
 
     async def enqueue(self, batch: Sequence[Outgoing]) -> None:
         caller = self._caller = self._caller or await caller_connection(self._conn)
@@ -171,8 +175,18 @@ class OutboxEnlistment:
                 f"a {caller.dialect} connection: the outbox must live in the database the "
                 "application's transaction writes to"
             )
-        await ensure_outbox(self.url)
-        writes = [StorageWrite(_INSERT.format(table=table(self.url)), message_rows(batch, None))]
+        writes: list[StorageWrite] = []
+        if self._dialect == "postgresql":
+            await ensure_outbox(self.url)
+        elif not self._ensured:
+            # SQLite: the application's transaction may hold the file's write lock
+            # already, which another connection's CREATE would wait on forever; in the
+            # transaction it is a look at the schema (or a create that commits with it).
+            writes.append(StorageWrite(_DDL["sqlite"], [()]))
+            self._ensured = True
+        writes.append(
+            StorageWrite(_INSERT.format(table=table(self.url)), message_rows(batch, None))
+        )
         if self._dialect == "postgresql":
             writes.append(StorageWrite(_NOTIFY, [(channel(self.url),)]))
         await caller.run(writes)
