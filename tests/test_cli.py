@@ -163,5 +163,7 @@ def test_the_banner_names_the_storage_and_the_middleware() -> None:
     text = banner(
         app, choose_config(app, pool="solo"), broker_from_url(app.broker_url), default_middleware()
     )
-    assert "middleware:  Revoked, Expiry, WorkerLost, RateLimits, Retries, Callbacks" in text
+    assert (
+        "middleware:  RelayedDuplicates, Revoked, Expiry, WorkerLost, RateLimits, Retries" in text
+    )
     assert "(storage" not in text  # memory:// names no shared storage

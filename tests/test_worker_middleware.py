@@ -109,6 +109,7 @@ def test_before_and_after_a_default() -> None:
         ],
     )
     assert names(chain) == [
+        "RelayedDuplicates",
         "Revoked",
         "first",
         "Expiry",
@@ -308,9 +309,9 @@ def test_user_hooks_run_in_a_solo_worker_process(tmp_path: Path) -> None:
         app.close()
     banner = worker.log()
     assert (
-        "middleware:  Revoked, FileRecorder, Expiry, WorkerLost, RateLimits, Retries, "
-        "FileRecorder, Callbacks, Results, Chords, Errbacks, Handlers, TaskLog, RemoteControl, "
-        "Backlog, Events, Signals, FileRecorder"
+        "middleware:  RelayedDuplicates, Revoked, FileRecorder, Expiry, WorkerLost, RateLimits, "
+        "Retries, FileRecorder, Callbacks, Results, Chords, Errbacks, Handlers, TaskLog, "
+        "RemoteControl, Backlog, Events, Signals, FileRecorder"
     ) in banner
     assert f"(storage sqlite:{tmp_path}/mw.db)" in banner
     name = "tests.apps.with_middleware.flaky"
@@ -344,7 +345,7 @@ def test_app_add_middleware_places_it_for_the_apps_workers() -> None:
 
     try:
         chain = names(middleware_for(app))
-        assert chain == ["Revoked", "first", *DEFAULTS[1:], "last"]
+        assert chain == [*DEFAULTS[:2], "first", *DEFAULTS[2:], "last"]
         with worker_thread(app):
             assert add.delay(1, 2).get(timeout=10) == 3
         name = add.name

@@ -10,7 +10,8 @@
     dead_letters.py  celeriac dead-letters list | show | requeue | purge
     events.py        celeriac events (the live event stream)
     control.py       celeriac inspect <command>, celeriac control <command>
-    db.py            celeriac db migrate | sql (PostgreSQL's tables)
+    db.py            celeriac db migrate | sql (PostgreSQL's tables; sql --outbox)
+    outbox.py        celeriac outbox-relay (publishes app.transaction()'s outbox)
 
 The subcommand modules import ``common``, never this module, so none of them
 import each other in a circle.
@@ -23,7 +24,7 @@ from typing import Any
 import click
 
 from ..errors import CeleriacError
-from . import beat, control, db, dead_letters, events, queues, tasks, worker
+from . import beat, control, db, dead_letters, events, outbox, queues, tasks, worker
 from .common import VERSION, get_app, load_app
 
 __all__ = ["get_app", "load_app", "main"]
@@ -79,5 +80,6 @@ for _command in (
     control.inspect,
     control.control,
     db.db,
+    outbox.outbox_relay,
 ):
     main.add_command(_command)

@@ -2,7 +2,9 @@
 
 The broker and the result store create their tables on first connect anyway;
 these are for a DBA who would rather apply or review the DDL ahead of time
-(``celeriac.postgres.schema`` holds all of it).
+(``celeriac.postgres.schema`` holds all of it). ``db sql --outbox`` prints the
+outbox table of ``app.transaction()`` for the application's database
+(``celeriac.transactions.outbox``), PostgreSQL or SQLite.
 """
 
 from __future__ import annotations
@@ -42,11 +44,31 @@ def migrate(ctx: click.Context, url: str | None) -> None:
 
 
 @db.command()
-def sql() -> None:
-    """Print every migration's DDL, in order, to review or run by hand."""
+@click.option("--outbox", is_flag=True, help="The outbox table's DDL instead (outbox_url).")
+@click.option("--url", help="With --outbox: the database (default: the app's outbox_url).")
+@click.pass_context
+def sql(ctx: click.Context, outbox: bool, url: str | None) -> None:
+    """Print every migration's DDL, in order (--outbox: the outbox table's), to review or
+    run by hand."""
+    if outbox:
+        from ..transactions.outbox import ddl
+
+        click.echo(ddl(url or _outbox_url(ctx)), nl=False)
+        return
+    if url:
+        raise click.UsageError("--url goes with --outbox; the migrations are the same anywhere")
     from ..postgres.schema import all_sql
 
     click.echo(all_sql(), nl=False)
+
+
+def _outbox_url(ctx: click.Context) -> str:
+    outbox_url = get_app(ctx).conf.outbox_url
+    if not outbox_url:
+        raise click.UsageError(
+            "the app sets no outbox_url: pass --url postgresql://... or sqlite:///..."
+        )
+    return outbox_url
 
 
 def _app_url(ctx: click.Context) -> str:

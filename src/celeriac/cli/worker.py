@@ -13,6 +13,8 @@ from ..app import Celeriac
 from ..backends import backend_from_url
 from ..beat import start_embedded, stop_embedded
 from ..brokers.base import Broker
+from ..embedded import stop_embedded as stop_relay
+from ..transactions.relay import start_embedded_relay
 from ..url_schemes import redact_url
 from ..worker import WorkerConfig, choose_config, run_worker
 from ..worker.middleware import Middleware, middleware_for
@@ -48,6 +50,11 @@ from .common import LOG_FORMAT, VERSION, get_app, run, setup_logging
 @click.option(
     "-B", "--beat", is_flag=True, help="Run beat beside the worker (safe on every worker)."
 )
+@click.option(
+    "--outbox-relay",
+    is_flag=True,
+    help="Run the outbox relay beside the worker (outbox_url; safe on every worker).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -62,6 +69,7 @@ def worker(
     autoscale: str | None,
     task_events: bool,
     beat: bool,
+    outbox_relay: bool,
 ) -> None:
     """Run a worker in the foreground (Ctrl-C: warm shutdown; twice: cold)."""
     app = get_app(ctx)
@@ -95,9 +103,12 @@ def worker(
     signals.celeryd_after_setup.send(sender=config.hostname, instance=config, conf=app.conf)
     click.echo(banner(app, config, broker, middleware), err=True)
     beat_pid = start_embedded(app) if beat else None
+    relay_pid = start_embedded_relay(app) if outbox_relay else None
     try:
         code = run_worker(app, config)
     finally:
+        if relay_pid is not None:
+            stop_relay(relay_pid)
         if beat_pid is not None:
             stop_embedded(beat_pid)
     sys.exit(code)

@@ -1,6 +1,7 @@
 """Worker features, one small module each. The default list, in hook order:
 
-before_task: Revoked -> Expiry -> WorkerLost -> RateLimits -> Events -> Signals;
+before_task: RelayedDuplicates -> Revoked -> Expiry -> WorkerLost -> RateLimits -> Events
+             -> Signals;
 after_task:  Retries -> Callbacks -> Results -> Chords -> Errbacks -> Handlers -> TaskLog
              -> Events -> Signals
 (a retry is decided before the state is stored; callbacks and the next
@@ -9,7 +10,9 @@ in Celery; a chord counts a header task only once its result is stored;
 errbacks fire after, so they can read it; then the task's own handlers,
 ``on_success`` and the like, as in Celery). RemoteControl has no task hooks:
 it answers the mailbox from worker start to stop (``worker/remote_control.py``);
-nor has Backlog, which measures the queues for autoscale.
+nor has Backlog, which measures the queues for autoscale. RelayedDuplicates goes
+before them all: it skips a relayed copy of a finished task (a message without the
+outbox relay's header passes it at no cost).
 
 The user's middleware (the ``worker_middleware`` setting) runs after these,
 in the order given, unless a :class:`Placement` puts one right before or right
@@ -34,6 +37,7 @@ from .expiry import Expiry
 from .handlers import Handlers
 from .logs import TaskLog
 from .rate_limits import RateLimits
+from .relayed import RelayedDuplicates
 from .results import Results
 from .retries import Retries
 from .revokes import Revoked
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
 
 def default_middleware() -> list[Middleware]:
     return [
+        RelayedDuplicates(),
         Revoked(),
         Expiry(),
         WorkerLost(),
@@ -160,6 +165,7 @@ __all__ = [
     "MiddlewareEntry",
     "Placement",
     "RateLimits",
+    "RelayedDuplicates",
     "RemoteControl",
     "Results",
     "Retries",
