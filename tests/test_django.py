@@ -38,18 +38,23 @@ def _env() -> dict[str, str]:
     }
 
 
-@pytest.mark.slow
-def test_example_project_tests_pass() -> None:
-    require_server("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT, POSTGRES_START)
-    done = subprocess.run(
-        [sys.executable, "manage.py", "test", "--noinput", "-v", "2"],
-        cwd=PROJECT,
+def python(args: list[str], cwd: Path, *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python args...`` in ``cwd`` with this environment (``_env``), its output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
+
+
+@pytest.mark.slow
+def test_example_project_tests_pass() -> None:
+    require_server("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT, POSTGRES_START)
+    done = python(["manage.py", "test", "--noinput", "-v", "2"], PROJECT, timeout=120)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     results = [line for line in out.splitlines() if line.startswith("test_") and " ... " in line]
@@ -135,15 +140,7 @@ print("outside atomic", rows())
 
 def test_outbox_on_djangos_sqlite_database(tmp_path: Path) -> None:
     db = tmp_path / "app.sqlite3"
-    done = subprocess.run(
-        [sys.executable, "-c", SQLITE_OUTBOX, str(db)],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = python(["-c", SQLITE_OUTBOX, str(db)], tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[:4] == ["committed 1", "rolled back 1", "atomic 2", "atomic rolled back 2"], lines

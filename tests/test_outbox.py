@@ -145,9 +145,10 @@ def runs(env: dict[str, str]) -> Counter[str]:
 # -- processes ----------------------------------------------------------------------
 
 
-def celeriac_cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "celeriac", "-A", APP, *args],
+def python(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python args...`` in the repository with ``env`` added, its output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -155,6 +156,10 @@ def celeriac_cli(env: dict[str, str], *args: str) -> str:
         timeout=30,
         check=False,
     )
+
+
+def celeriac_cli(env: dict[str, str], *args: str) -> str:
+    done = python(env, "-m", "celeriac", "-A", APP, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -341,14 +346,8 @@ def test_producer_killed_right_after_its_commit_the_task_still_runs(tmp_path: Pa
     env = sqlite_env(tmp_path)
     create_outbox(env)
     with worker(env, tmp_path, "-P", "solo", "--outbox-relay") as w:
-        producer = subprocess.run(
-            [sys.executable, "-c", PRODUCER, env["CELERIAC_OUTBOX_URL"].removeprefix("sqlite:///")],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+        producer = python(
+            env, "-c", PRODUCER, env["CELERIAC_OUTBOX_URL"].removeprefix("sqlite:///")
         )
         assert producer.returncode == -signal.SIGKILL, producer.stderr
         task_id = producer.stdout.strip()
