@@ -20,7 +20,16 @@ import sys
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from functools import cached_property
-from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    overload,
+)
 
 from ._sync import at_exit, run_on_every_loop, run_sync
 from .backends import backend_class, backend_from_url
@@ -30,7 +39,6 @@ from .brokers import broker_from_url
 from .brokers.base import Broker, BrokerOptions
 from .canvas import Signature, register_builtins, signature
 from .connections import LoopConnections
-from .contrib.django import fixup as django_fixup
 from .control import Control
 from .discovery import django_apps, import_object, import_related
 from .errors import NotRegistered
@@ -48,10 +56,12 @@ from .task import AsyncTask, Task, task_class
 from .transactions.callers import pin
 from .transactions.current import enlisting
 from .transactions.enlist import enlistment_for
-from .worker.middleware import Middleware, Placement
 
 P = ParamSpec("P")
 R = TypeVar("R")
+if TYPE_CHECKING:
+    from .worker.middleware import Middleware
+
 _DATABASE_BROKERS = ("sqlite", "memory", "postgresql", "postgres")
 """Brokers whose database holds the results too when ``result_backend`` is not set."""
 
@@ -121,8 +131,11 @@ class Celeriac:
         self.task_cls: type[Task[Any, Any]] | None = None
         """The class of sync tasks declared without ``base=`` (Celery's ``task_cls``; the
         Django fixup sets ``celeriac.contrib.django.DjangoTask``); None: ``Task``."""
-        if django_fixup.wanted():
-            django_fixup.install(self)
+        if os.environ.get("DJANGO_SETTINGS_MODULE"):  # Django's own modules load only then
+            from .contrib.django import fixup as django_fixup
+
+            if django_fixup.wanted():
+                django_fixup.install(self)
         register_builtins(self)
         self._builtins = frozenset(self.tasks)
         for fn, options in _shared_tasks:
@@ -154,6 +167,8 @@ class Celeriac:
         """Run ``middleware`` in this app's workers (Dramatiq's ``add_middleware``):
         right before or after the first default of a class (e.g. ``before=Retries``),
         else after the defaults. Adds to the ``worker_middleware`` setting."""
+        from .worker.middleware import Placement  # the worker's modules load only when asked
+
         entry = Placement(middleware, before=before, after=after)
         self.conf.worker_middleware = [*self.conf.worker_middleware, entry]
 

@@ -11,7 +11,7 @@ import click
 from .. import signals
 from ..app import Celeriac
 from ..backends import backend_from_url
-from ..beat import start_embedded, stop_embedded
+from ..beat.process import start_embedded, stop_embedded
 from ..brokers.base import Broker
 from ..embedded import stop_embedded as stop_relay
 from ..transactions.relay import start_embedded_relay
