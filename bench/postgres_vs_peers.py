@@ -1,14 +1,16 @@
 """celeriac's PostgreSQL broker against Procrastinate 3, same database, same run.
 
-    python bench/postgres_vs_peers.py [--tasks N] [--latency-calls N] [--only WORKLOAD] [--quick]
+    python bench/postgres_vs_peers.py [--tasks N] [--latency-calls N] [--only WORKLOAD]
+                                      [--rounds N] [--quick]
 
 Every measurement runs in a fresh process on fresh schemas of one database
 (``BENCH_PG_URL``, default ``postgresql://postgres@127.0.0.1:5432/test``):
 the script drops ``bench_celeriac``, ``bench_procrastinate`` and ``bench_floor``
 before and after each one, celeriac creates its tables on connect and
 Procrastinate's schema is applied with its own ``apply_schema``. The systems
-take turns, and the machine's floor (one ``INSERT`` + ``COMMIT`` from psycopg 3)
-is measured first in the same run. See ``bench/README.md`` for the workloads.
+take turns, and the machine's floors (``INSERT`` statements from psycopg 3: see
+``floor``) are measured first in the same run. See ``bench/README.md`` for the
+workloads.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -37,7 +40,11 @@ CELERIAC_SCHEMA, PROCRASTINATE_SCHEMA, FLOOR_SCHEMA = (
     "bench_floor",
 )
 BATCH = 100
-"""Tasks per batch call: celeriac ``send_many``, Procrastinate ``batch_defer``."""
+"""Tasks per application transaction (one ``delay()``/``defer()`` each) and per batch
+call (celeriac ``send_many``, Procrastinate ``batch_defer``)."""
+CLIENT_WORK = 50e-6
+"""Seconds of client CPU work before each statement of the ``*_busy`` floors: less
+than either system spends in Python per enqueue."""
 POLL = 0.02
 """Seconds between two looks at a system's table while its worker drains."""
 STATUS_POLL = 0.0005
@@ -45,7 +52,7 @@ STATUS_POLL = 0.0005
 RUN_TIMEOUT = 300.0
 DRAIN_TIMEOUT = 200.0
 SYSTEMS = ("celeriac", "procrastinate")
-WORKLOADS = ("serial", "batch", "drain", "latency")
+WORKLOADS = ("serial", "txn", "batch", "drain", "latency")
 WORKERS: dict[str, list[str]] = {  # after ``python``; BENCH_<SYSTEM>_WORKER adds options
     "celeriac": ["-m", "celeriac", "-A", "bench.apps.celeriac_postgres", "worker", "-l", "WARNING"],
     "procrastinate": [
@@ -91,6 +98,11 @@ class Queue:
     def batch(self, n: int) -> None:
         raise NotImplementedError
 
+    def txn(self, n: int) -> None:
+        """``n`` tasks sent one call each inside ONE transaction of the application's
+        own psycopg connection, committed at the end."""
+        raise NotImplementedError
+
     def round_trip(self) -> None:
         raise NotImplementedError
 
@@ -105,6 +117,7 @@ class CeleriacQueue(Queue):
         from bench.apps import celeriac_postgres
 
         self.app, self.noop = celeriac_postgres.app, celeriac_postgres.noop
+        self.conn: psycopg.Connection[Any] | None = None
 
     def enqueue(self) -> None:
         self.noop.delay()
@@ -112,15 +125,30 @@ class CeleriacQueue(Queue):
     def batch(self, n: int) -> None:
         self.app.send_many([self.noop.s() for _ in range(n)])
 
+    def txn(self, n: int) -> None:
+        if self.conn is None:  # the application's connection (celeriac names its schema)
+            self.conn = psycopg.connect(URL, autocommit=True)
+        with self.conn.transaction(), self.app.transaction(self.conn):
+            for _ in range(n):
+                self.noop.delay()
+
     def round_trip(self) -> None:
         assert self.noop.delay().get(timeout=60) == 1
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
 
 
 class ProcrastinateQueue(Queue):
     """Opens the app (sync API) and applies Procrastinate's schema, untimed.
 
     Procrastinate keeps no result to wait on: a round trip defers, then reads the
-    job's status every ``STATUS_POLL`` seconds until ``succeeded``.
+    job's status every ``STATUS_POLL`` seconds until ``succeeded``. In the
+    application's transaction each job is deferred as its docs say
+    (docs/howto/production/external_connection.md):
+    ``noop.configure(connection=conn).defer()``, on a connection whose
+    ``search_path`` is Procrastinate's schema, as its own pool's are.
     """
 
     name = "procrastinate"
@@ -132,12 +160,22 @@ class ProcrastinateQueue(Queue):
         self.app.open()
         self.app.schema_manager.apply_schema()
         self.status: psycopg.Connection[Any] | None = None
+        self.conn: psycopg.Connection[Any] | None = None
 
     def enqueue(self) -> None:
         self.noop.defer()
 
     def batch(self, n: int) -> None:
         self.noop.batch_defer(*({} for _ in range(n)))
+
+    def txn(self, n: int) -> None:
+        if self.conn is None:
+            self.conn = psycopg.connect(
+                URL, autocommit=True, options=f"-c search_path={PROCRASTINATE_SCHEMA}"
+            )
+        with self.conn.transaction():
+            for _ in range(n):
+                self.noop.configure(connection=self.conn).defer()
 
     def round_trip(self) -> None:
         if self.status is None:
@@ -156,8 +194,9 @@ class ProcrastinateQueue(Queue):
             time.sleep(STATUS_POLL)
 
     def close(self) -> None:
-        if self.status is not None:
-            self.status.close()
+        for conn in (self.status, self.conn):
+            if conn is not None:
+                conn.close()
         self.app.close()
 
 
@@ -165,20 +204,57 @@ QUEUES: dict[str, type[Queue]] = {"celeriac": CeleriacQueue, "procrastinate": Pr
 
 
 def floor(n: int) -> dict[str, float]:
-    """``F_pg``: one ``INSERT`` + ``COMMIT`` round trip from psycopg 3's sync connection."""
+    """The machine's floors, from psycopg 3's sync connection, rows per second:
+
+    * ``rate`` (``1/F_pg``): one ``INSERT`` + ``COMMIT`` per row, a round trip and a
+      WAL flush each (the one-by-one row's floor);
+    * ``txn``: ``BATCH`` single-row ``INSERT`` statements, then one ``COMMIT``: a round
+      trip per row, a flush per ``BATCH`` (the application-transaction row's floor);
+    * ``batch``: one ``INSERT`` of ``BATCH`` rows + ``COMMIT`` (the batch API's floor);
+    * ``rate_busy``, ``txn_busy``: ``rate`` and ``txn`` with ``CLIENT_WORK`` of CPU work
+      in the client before each statement, not counted. Back to back, both processes
+      stay awake; a client that does anything between two statements (building a
+      message) finds the server asleep, and on some machines (virtual ones) waking it
+      costs more than the statement: this is the floor of any library's enqueue.
+    """
     with psycopg.connect(URL) as conn:
         conn.execute(f"CREATE SCHEMA {FLOOR_SCHEMA}")
         conn.execute(f"CREATE TABLE {FLOOR_SCHEMA}.rows (id bigserial PRIMARY KEY, x int)")
         conn.commit()
         insert = f"INSERT INTO {FLOOR_SCHEMA}.rows (x) VALUES (1)"
+        insert_many = (
+            f"INSERT INTO {FLOOR_SCHEMA}.rows (x) SELECT 1 FROM generate_series(1, {BATCH})"
+        )
         conn.execute(insert)  # warm-up; not timed
         conn.commit()
-        started = time.perf_counter()
-        for _ in range(n):
-            conn.execute(insert)
-            conn.commit()
-        elapsed = time.perf_counter() - started
-    return {"rate": n / elapsed, "us": elapsed / n * 1e6}
+
+        def timed(statement: str, per_commit: int, rows: int, work: float = 0.0) -> float:
+            spent = 0.0
+            for _ in range(0, n, rows * per_commit):
+                for i in range(per_commit):
+                    if work:
+                        _spin(work)
+                    started = time.perf_counter()
+                    conn.execute(statement)
+                    if i == per_commit - 1:
+                        conn.commit()
+                    spent += time.perf_counter() - started
+            return n / spent
+
+        return {
+            "rate": timed(insert, 1, 1),
+            "txn": timed(insert, BATCH, 1),
+            "batch": timed(insert_many, 1, BATCH),
+            "rate_busy": timed(insert, 1, 1, CLIENT_WORK),
+            "txn_busy": timed(insert, BATCH, 1, CLIENT_WORK),
+        }
+
+
+def _spin(seconds: float) -> None:
+    """Keep this CPU busy (a sleep would let it idle too)."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
 
 
 def serial(q: Queue, n: int) -> dict[str, float]:
@@ -194,6 +270,14 @@ def batch(q: Queue, n: int) -> dict[str, float]:
     started = time.perf_counter()
     for start in range(0, n, BATCH):
         q.batch(min(BATCH, n - start))
+    return {"rate": n / (time.perf_counter() - started)}
+
+
+def txn(q: Queue, n: int) -> dict[str, float]:
+    q.txn(1)  # connects (both connections); not timed
+    started = time.perf_counter()
+    for start in range(0, n, BATCH):
+        q.txn(min(BATCH, n - start))
     return {"rate": n / (time.perf_counter() - started)}
 
 
@@ -242,6 +326,8 @@ def measure(system: str, workload: str, n: int, calls: int) -> dict[str, float]:
             return serial(q, n)
         if workload == "batch":
             return batch(q, n)
+        if workload == "txn":
+            return txn(q, n)
         if workload == "drain":
             return drain(q, n)
         return latency(q, calls)
@@ -301,6 +387,13 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="1,000 tasks and 100 round trips (under 2 minutes)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure everything this many times, floors included, the systems taking turns"
+        " at going first; the table shows medians",
+    )
     parser.add_argument("--one", nargs=2, metavar=("SYSTEM", "WORKLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -313,30 +406,76 @@ def main() -> None:
     preflight()
     print(
         f"{os.cpu_count()} cores, {args.tasks} tasks per workload, "
-        f"{args.latency_calls} round trips, PostgreSQL {URL}",
+        f"{args.latency_calls} round trips, {args.rounds} round(s), PostgreSQL {URL}",
         flush=True,
     )
     started = time.perf_counter()
-    results: dict[tuple[str, str], dict[str, float] | str] = {}
-    results["floor", "floor"] = run_one("floor", "floor", args.tasks, args.latency_calls)
-    print(f"  floor: {results['floor', 'floor']}", file=sys.stderr, flush=True)
-    for workload in args.only or WORKLOADS:
-        for system in SYSTEMS:
-            outcome = run_one(system, workload, args.tasks, args.latency_calls)
-            results[system, workload] = outcome
-            print(f"  {workload} {system}: {outcome}", file=sys.stderr, flush=True)
-    _report(results)
+    rounds: list[dict[tuple[str, str], dict[str, float] | str]] = []
+    for n in range(args.rounds):
+        results: dict[tuple[str, str], dict[str, float] | str] = {}
+        results["floor", "floor"] = run_one("floor", "floor", args.tasks, args.latency_calls)
+        print(f"  round {n + 1} floor: {results['floor', 'floor']}", file=sys.stderr, flush=True)
+        for workload in args.only or WORKLOADS:
+            for system in SYSTEMS if n % 2 == 0 else SYSTEMS[::-1]:
+                outcome = run_one(system, workload, args.tasks, args.latency_calls)
+                results[system, workload] = outcome
+                print(
+                    f"  round {n + 1} {workload} {system}: {outcome}", file=sys.stderr, flush=True
+                )
+        rounds.append(results)
+    _report(_medians(rounds))
+    if len(rounds) > 1:
+        _spread(rounds)
     print(f"\n(total {time.perf_counter() - started:.0f}s)")
+
+
+def _medians(
+    rounds: list[dict[tuple[str, str], dict[str, float] | str]],
+) -> dict[tuple[str, str], dict[str, float] | str]:
+    """Each measurement's median over the rounds; a measurement that failed in any round
+    shows that round's error."""
+    merged: dict[tuple[str, str], dict[str, float] | str] = {}
+    for key in rounds[0]:
+        outcomes = [r[key] for r in rounds if key in r]
+        failed = [o for o in outcomes if isinstance(o, str)]
+        if failed:
+            merged[key] = failed[0]
+            continue
+        fields = {f for o in outcomes if isinstance(o, dict) for f in o}
+        merged[key] = {
+            f: statistics.median(o[f] for o in outcomes if isinstance(o, dict)) for f in fields
+        }
+    return merged
+
+
+def _spread(rounds: list[dict[tuple[str, str], dict[str, float] | str]]) -> None:
+    """celeriac/procrastinate in each round, to show how far one round can be trusted."""
+    print("\nceleriac/procrastinate in each round:")
+    for key, label, higher_better in ROWS:
+        ratios = []
+        for results in rounds:
+            ours, theirs = (_value(results, s, key) for s in SYSTEMS)
+            if _ok(ours, theirs):
+                ratios.append(ours / theirs if higher_better else theirs / ours)
+        if ratios:
+            print(f"  {label}: " + ", ".join(f"{r:.2f}x" for r in ratios))
 
 
 ROWS = (  # workload/field, label, higher is better
     ("serial/rate", "enqueue, 1 thread, one by one (tasks/s)", True),
-    ("batch/rate", f"enqueue, batches of {BATCH} (tasks/s)", True),
+    ("txn/rate", f"enqueue, {BATCH} per app transaction (tasks/s)", True),
+    ("batch/rate", f"enqueue, send_many/batch_defer of {BATCH} (tasks/s)", True),
     ("drain/rate", "drain, one worker on 2 cores (tasks/s)", True),
     ("latency/p50", "round trip p50, idle worker (ms)", False),
     ("latency/p99", "round trip p99, idle worker (ms)", False),
 )
-TARGETS = {"serial/rate": 2.0, "batch/rate": 2.0, "drain/rate": 2.0, "latency/p50": 2.0}
+TARGETS = {
+    "serial/rate": 2.0,
+    "txn/rate": 2.0,
+    "batch/rate": 2.0,
+    "drain/rate": 2.0,
+    "latency/p50": 2.0,
+}
 """The issue's targets as a ratio (>1: celeriac better): 2x every rate, half the p50."""
 
 
@@ -346,24 +485,47 @@ def _value(results: dict[tuple[str, str], dict[str, float] | str], system: str, 
     return got[field] if isinstance(got, dict) else got
 
 
+FLOORS = {  # rate row -> its floor (a key of ``floor()``'s result), and how it is printed
+    "serial/rate": ("rate_busy", "F_pg'"),
+    "txn/rate": ("txn_busy", "F_txn'"),
+    "batch/rate": ("batch", "F_batch"),
+    "drain/rate": ("rate", "F_pg"),
+}
+_WORK = f"after {CLIENT_WORK * 1e6:.0f} us of client work each"
+FLOOR_LINES = (
+    ("rate", "F_pg", "one INSERT + COMMIT per row, back to back"),
+    ("rate_busy", "F_pg'", f"the same, {_WORK}"),
+    ("txn", "F_txn", f"{BATCH} one-row INSERTs, then COMMIT, back to back"),
+    ("txn_busy", "F_txn'", f"the same, {_WORK}"),
+    ("batch", "F_batch", f"one INSERT of {BATCH} rows + COMMIT"),
+)
+
+
 def _report(results: dict[tuple[str, str], dict[str, float] | str]) -> None:
-    floor_rate = _value(results, "floor", "floor/rate")
-    if isinstance(floor_rate, float):
-        print(
-            f"\nfloor F_pg: {1e6 / floor_rate:.0f} us per INSERT + COMMIT "
-            f"(psycopg 3 sync) -> 1/F_pg = {floor_rate:,.0f}/s"
-        )
-    header = ["metric", *SYSTEMS, "celeriac/procrastinate", "target", "met"]
-    if isinstance(floor_rate, float):
-        header[3:3] = ["celeriac / (1/F_pg)", "procrastinate / (1/F_pg)"]
+    floors = results.get(("floor", "floor"))
+    floors = floors if isinstance(floors, dict) else {}
+    print()
+    for key, name, what in FLOOR_LINES:
+        if key in floors:
+            print(
+                f"floor {name}: {what} (psycopg 3 sync): {1e6 / floors[key]:.0f} us per row"
+                f" -> 1/{name} = {floors[key]:,.0f} rows/s"
+            )
+    header = ["metric", *SYSTEMS, "floor", "celeriac / floor", "procrastinate / floor"]
+    header += ["celeriac/procrastinate", "target", "met"]
     rows: list[list[str]] = []
     for key, label, higher_better in ROWS:
         if not any((s, key.partition("/")[0]) in results for s in SYSTEMS):
             continue
         values = [_value(results, s, key) for s in SYSTEMS]
         cells = [label, *(_cell(v) for v in values)]
-        if isinstance(floor_rate, float):
-            cells += [f"{v / floor_rate:.2f}" if higher_better and _ok(v) else "" for v in values]
+        floor_key, floor_name = FLOORS.get(key, ("", ""))
+        floor_rate = floors.get(floor_key)
+        if floor_rate:
+            cells.append(f"1/{floor_name}")
+            cells += [f"{v / floor_rate:.2f}" if _ok(v) else "" for v in values]
+        else:
+            cells += ["", "", ""]
         ours, theirs = values
         ratio = (ours / theirs if higher_better else theirs / ours) if _ok(ours, theirs) else None
         cells.append("n/a" if ratio is None else f"{ratio:.2f}x")
@@ -383,9 +545,11 @@ def _report(results: dict[tuple[str, str], dict[str, float] | str]) -> None:
         print(line(row))
     print(
         "\nRatios > 1 mean celeriac is better (round trips: procrastinate / celeriac)."
-        f"\nceleriac's batch row is its batch API (app.send_many, {BATCH} messages in one"
-        " transaction), not an application's own transaction; Procrastinate's is"
-        f" task.batch_defer of {BATCH} (one INSERT)."
+        f"\nApplication transaction: `with conn.transaction(), app.transaction(conn):` {BATCH}"
+        f" x noop.delay() against `with conn.transaction():` {BATCH} x"
+        " noop.configure(connection=conn).defer(), each on its own psycopg connection."
+        f"\nsend_many/batch_defer: celeriac's batch API (app.send_many, {BATCH} messages in"
+        f" one transaction) against Procrastinate's task.batch_defer of {BATCH} (one INSERT)."
         "\nProcrastinate has no result wait: its round trip is defer(), then reading the"
         f" job's status every {STATUS_POLL * 1000:g} ms until 'succeeded'."
     )

@@ -1,17 +1,20 @@
 """The PostgreSQL broker: one row per message, leased with ``FOR UPDATE SKIP LOCKED``.
 
 Tables, columns and indexes: :mod:`celeriac.postgres.schema` (version 1),
-created on first connect. A publish is one transaction, one round trip
-(pipeline mode): the result store's carried writes, the rows, and a
-``pg_notify`` per queue (:mod:`celeriac.postgres.notify`), delivered at
-commit. Consumers (:mod:`celeriac.postgres.consumer`) lease rows under heartbeat
-leases. The operations plane and beat's store share the broker's pool
-(``pool()``).
+created on first connect. A publish is one transaction, one round trip: the
+result store's carried writes, the rows, and a ``pg_notify`` per queue
+(:mod:`celeriac.postgres.notify`), delivered at commit. One message (``delay()``)
+is one statement (:func:`fused`), its own transaction; a batch is a pipeline with
+the rows in one ``INSERT`` (:data:`INSERT_MANY`). Consumers
+(:mod:`celeriac.postgres.consumer`) lease rows under heartbeat leases. The
+operations plane and beat's store share the broker's pool (``pool()``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +38,21 @@ if TYPE_CHECKING:
 
     from .consumer import PostgresConsumer
 
-__all__ = ["PostgresBroker"]
+__all__ = ["INSERT", "INSERT_MANY", "PostgresBroker", "fused", "message_columns"]
 
 INSERT = (
     f"INSERT INTO {_M} (queue, priority, visible_at, {MESSAGE_COLUMNS})"
     " VALUES (%s, %s, coalesce(to_timestamp(%s::float8), now()), %s, %s, %s, %s, %s)"
 )
+INSERT_MANY = (
+    f"INSERT INTO {_M} (queue, priority, visible_at, {MESSAGE_COLUMNS})"
+    " SELECT q, p, coalesce(to_timestamp(t), now()), h, r, c, e, b FROM unnest(%b::text[],"
+    " %b::int2[], %b::float8[], %b::bytea[], %b::bytea[], %b::text[], %b::text[], %b::bytea[])"
+    " WITH ORDINALITY AS m(q, p, t, h, r, c, e, b, n) ORDER BY n"
+)
+"""The rows of a batch as one ``INSERT`` of arrays (:func:`message_columns`), in the
+batch's order (the ids keep it); in binary (``%b``, psycopg 3 only): as text, the
+server would parse every body from hex."""
 PURGE = f"DELETE FROM {_M} WHERE queue = %s AND (owner IS NULL OR visible_at <= now())"
 STATS = (
     "SELECT count(*) FILTER (WHERE visible_at <= now()),"
@@ -66,6 +78,50 @@ DEAD_LETTER_RAW = (
 )
 
 
+def message_columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """``message_rows`` as :data:`INSERT_MANY`'s eight arrays; delays as floats, since a
+    binary array takes one element type."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    columns[2] = [None if t is None else float(t) for t in columns[2]]
+    return columns
+
+
+_TOP_LEVEL = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+_LAST = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+
+
+def fused(writes: Sequence[StorageWrite]) -> StorageWrite | None:
+    """``writes`` as ONE statement with one row of parameters, or None if they cannot be.
+
+    One statement is its own transaction on an autocommit connection and a single
+    round trip inside the caller's, without ``BEGIN``, ``COMMIT`` or pipeline mode
+    around it: a ``delay()`` is a message row, its PENDING marker and a ``pg_notify``.
+    Each write but the last becomes a data-modifying ``WITH`` clause, which PostgreSQL
+    runs to completion whether or not anything reads it. They all see one snapshot,
+    so only writes of one row each are fused, no statement twice (two writes never
+    touch one row), none with a ``WITH`` of its own (one that modifies data must be at
+    the top level).
+    """
+    if not writes or any(len(w.args) != 1 for w in writes):
+        return None
+    statement = _fused_statement(tuple(w.statement for w in writes))
+    if statement is None:
+        return None
+    return StorageWrite(statement, [tuple(value for w in writes for value in w.args[0])])
+
+
+@functools.lru_cache(maxsize=128)
+def _fused_statement(statements: tuple[str, ...]) -> str | None:
+    *firsts, last = statements
+    if len(set(firsts)) != len(firsts) or not _LAST.match(last):
+        return None
+    if not all(_TOP_LEVEL.match(s) for s in firsts):
+        return None
+    if not firsts:
+        return last
+    return "WITH " + ", ".join(f"w{i} AS ({s})" for i, s in enumerate(firsts)) + " " + last
+
+
 class PostgresBroker(Broker):
     """``postgresql://user@host:port/dbname?schema=name``: see the module docstring."""
 
@@ -76,6 +132,7 @@ class PostgresBroker(Broker):
         self.storage = storage_name(url)  # a malformed URL fails here
         self._pool: AsyncConnectionPool | None = None
         self._listener: Listener | None = None
+        self._channel_names: dict[str, str] = {}
 
     def pool(self) -> AsyncConnectionPool:
         """The open pool (the operations plane and beat's store share it)."""
@@ -90,7 +147,8 @@ class PostgresBroker(Broker):
         return self._listener
 
     def channels(self, queues: Sequence[str]) -> list[str]:
-        return [channel_for(self.url, q) for q in queues]
+        names = self._channel_names  # a hash and a URL parse per name: made once per queue
+        return [names.get(q) or names.setdefault(q, channel_for(self.url, q)) for q in queues]
 
     def consumer(self, queues: Sequence[str], name: str) -> PostgresConsumer:
         from .consumer import PostgresConsumer
@@ -143,11 +201,20 @@ class PostgresBroker(Broker):
         self, batch: Sequence[Outgoing], writes: Sequence[StorageWrite]
     ) -> None:
         rows = message_rows(batch, None)
-        channels = sorted(set(self.channels([o.queue for o in batch])))
-        async with self.session() as conn, one_round_trip(conn) as cur:
-            await make_writes(cur, writes)
-            await cur.executemany(INSERT, rows)
-            await cur.execute(NOTIFY, (channels,))
+        channels = sorted(self.channels(list({o.queue for o in batch})))
+        notify = StorageWrite(NOTIFY, [(channels,)])
+        single = fused([*writes, StorageWrite(INSERT, rows), notify])
+        async with self.session() as conn:
+            if single is not None:  # autocommit: one statement is one transaction
+                await conn.execute(single.statement, single.args[0])
+                return
+            async with one_round_trip(conn) as cur:
+                await make_writes(cur, writes)
+                if len(rows) == 1:
+                    await cur.execute(INSERT, rows[0])
+                else:
+                    await cur.execute(INSERT_MANY, message_columns(rows))
+                await cur.execute(NOTIFY, (channels,))
 
     async def purge(self, queue: str) -> int:
         async with self.session() as conn:
