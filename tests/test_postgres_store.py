@@ -262,3 +262,29 @@ def test_the_marker_goes_with_the_publish_on_a_shared_database(
     finally:
         app.close()
         close_all()
+
+
+async def test_a_batchs_markers_never_cover_a_stored_state(url: str) -> None:
+    """``send_many`` writes its PENDING markers as one statement: each id gets one, a stored
+    result keeps its state, and an id sent twice in one batch gets its marker once."""
+    app = Celeriac("batch", broker=url)  # results in the broker's database (the default)
+    try:
+
+        @app.task
+        def noop() -> None: ...
+
+        done, fresh = str(uuid.uuid4()), str(uuid.uuid4())
+        store = await app.abackend()
+        await store.store(ResultMeta(done, states.SUCCESS, result=1))
+        ids = [done, fresh, fresh, str(uuid.uuid4())]
+        await app.asend_many([noop.s().set(task_id=i) for i in ids])
+        states_now = [(await store.get(i)) for i in ids]
+        assert [m.status if m else None for m in states_now] == [
+            states.SUCCESS,
+            states.PENDING,
+            states.PENDING,
+            states.PENDING,
+        ]
+        assert (await (await app.abroker()).stats("celery")).ready == 4
+    finally:
+        await app.aclose()

@@ -116,6 +116,15 @@ _ADD = (
     " SET value = excluded.value, expires_at = excluded.expires_at, fence = NULL"
     " WHERE r.expires_at <= now() RETURNING 1"
 )
+_ADD_ROWS = (
+    # keys, values, seconds to keep, as three arrays: _ADD for many rows in one statement
+    "INSERT INTO celeriac_results AS r (key, value, expires_at)"
+    " SELECT k, v, now() + make_interval(secs => e)"
+    " FROM unnest(%s::text[], %s::bytea[], %s::float8[]) AS t(k, v, e)"
+    " ON CONFLICT (key) DO UPDATE"
+    " SET value = excluded.value, expires_at = excluded.expires_at, fence = NULL"
+    " WHERE r.expires_at <= now()"
+)
 _DELETE = "DELETE FROM celeriac_results WHERE key = %s"
 _ADD_MEMBER = (
     # key, member, key, seconds to keep
@@ -295,7 +304,19 @@ class PostgresBackend(ResultBackend):
         await self._execute_many(_ADD, items)
 
     def _add_writes(self, items: Sequence[tuple[str, bytes, float | None]]) -> list[StorageWrite]:
-        return [StorageWrite(_ADD, list(items))]
+        """One row: ``_ADD`` (a publish fuses it with its message). More: one statement
+        over arrays (a batch's markers cost the server one statement, not one each);
+        a key twice in the batch keeps its first value, as one ``_ADD`` each would."""
+        if len(items) == 1:
+            return [StorageWrite(_ADD, list(items))]
+        first = {key: (value, expires) for key, value, expires in reversed(items)}
+        keys = list(first)
+        return [
+            StorageWrite(
+                _ADD_ROWS,
+                [(keys, [first[k][0] for k in keys], [first[k][1] for k in keys])],
+            )
+        ]
 
     async def set_chord_size(self, group_id: str, size: int) -> None:
         await self._execute(_CHORD_SIZE, (group_id, group_id, size, self.options.expires))
