@@ -81,6 +81,12 @@ DEAD_LETTER = _DEAD_LETTER.format(columns=MESSAGE_COLUMNS, values=MESSAGE_COLUMN
 DEAD_LETTER_ROW = _DEAD_LETTER.format(columns="body", values="%(raw)s")
 """A leased row that holds no message, as raw bytes."""
 
+WITHOUT_FLUSH = "SET LOCAL synchronous_commit TO off"
+"""A consumer's transactions (leases, acks with the results they carry) commit without
+waiting for the disk: a server crash may undo the last moment of them, which delivers
+those messages again (at least once), while each saves a task's round trip a flush.
+Publishes keep waiting for theirs: ``delay()`` returns only once its message is durable."""
+
 
 class PostgresConsumer(Consumer):
     """Leases rows to one owner token: the name plus a random suffix.
@@ -169,6 +175,7 @@ class PostgresConsumer(Consumer):
         }
         async with self._broker.session() as conn:
             async with one_round_trip(conn):
+                await conn.execute(WITHOUT_FLUSH)
                 await self._settle(conn, acks, writes)
                 lease = await conn.execute(LEASE, params)
                 due = await conn.cursor().execute(NEXT_DUE, params)
@@ -220,6 +227,7 @@ class PostgresConsumer(Consumer):
         self, deliveries: Sequence[Delivery], writes: Sequence[StorageWrite] = ()
     ) -> None:
         async with self._broker.session() as conn, one_round_trip(conn):
+            await conn.execute(WITHOUT_FLUSH)
             await self._settle(conn, deliveries, writes)
 
     async def _release(
