@@ -183,3 +183,42 @@ def test_wrong_connection_is_a_clear_error(app: Celeriac, url: str) -> None:
     with app.transaction(object()), pytest.raises(ConfigurationError, match="takes a psycopg"):
         add.delay(1, 1)
     assert ready(app) == 0  # the errors above left nothing behind
+
+
+def test_sqlite_outbox_made_inside_a_transaction_that_already_wrote(tmp_path: Path) -> None:
+    """The first send into a SQLite outbox that does not exist yet, after the application
+    wrote in its transaction (so holds the file's write lock): the table is made in that
+    transaction, with no wait, and goes away with a rollback."""
+    db = tmp_path / "app.db"
+    app = memory_app(outbox_url=f"sqlite:///{db}")
+
+    @app.task
+    def ship(order: int) -> int:
+        return order
+
+    conn = sqlite3.connect(db, timeout=0.5)  # a wait for the lock would fail, not hang
+    conn.execute("CREATE TABLE orders (id INTEGER)")
+    conn.commit()
+
+    def outbox_rows() -> list[tuple[object, ...]]:
+        look = sqlite3.connect(db)
+        try:
+            exists = look.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'celeriac_outbox'"
+            ).fetchone()
+            return look.execute("SELECT queue FROM celeriac_outbox").fetchall() if exists else []
+        finally:
+            look.close()
+
+    conn.execute("INSERT INTO orders VALUES (1)")
+    with app.transaction(conn):
+        ship.delay(1)
+    conn.rollback()
+    assert outbox_rows() == []
+    conn.execute("INSERT INTO orders VALUES (2)")
+    with app.transaction(conn):
+        ship.delay(2)
+        ship.delay(3)
+    conn.commit()
+    assert outbox_rows() == [("celery",), ("celery",)]
+    conn.close()
