@@ -288,3 +288,40 @@ async def test_a_batchs_markers_never_cover_a_stored_state(url: str) -> None:
         assert (await (await app.abroker()).stats("celery")).ready == 4
     finally:
         await app.aclose()
+
+
+@pytest.mark.parametrize(
+    ("result", "reads_after_wake"),
+    [(7, 0), ("x" * 7000, 1), ("thé", 1)],
+    ids=["short ASCII: carried", "too long: read", "not ASCII: read"],
+)
+async def test_a_notification_carries_a_short_result(
+    url: str,
+    opened: list[PostgresBackend],
+    monkeypatch: pytest.MonkeyPatch,
+    result: object,
+    reads_after_wake: int,
+) -> None:
+    """The waiter of a short ASCII result takes it from the notification, with no read;
+    any other result is read after the wake-up, and both arrive whole."""
+    waiter, storer = await open_store(url, opened), await open_store(url, opened)
+    reads: list[float] = []
+    listening = asyncio.Event()  # set by the read after joining the listener (the second)
+    read = waiter._get
+
+    async def counted(key: str) -> bytes | None:
+        reads.append(time.monotonic())
+        value = await read(key)
+        if len(reads) == 2:
+            listening.set()
+        return value
+
+    monkeypatch.setattr(waiter, "_get", counted)
+    task_id = str(uuid.uuid4())
+    waiting = asyncio.create_task(waiter.wait(task_id, timeout=5, interval=0.01))
+    await asyncio.wait_for(listening.wait(), 5)
+    stored_at = time.monotonic()
+    await storer.store(ResultMeta(task_id, states.SUCCESS, result=result))
+    got = await waiting
+    assert got.result == result
+    assert len([t for t in reads if t >= stored_at]) == reads_after_wake

@@ -20,10 +20,23 @@ from .connection import connect
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
-__all__ = ["RELISTEN", "ResultListener"]
+__all__ = ["PAYLOAD_VALUE_LIMIT", "RELISTEN", "ResultListener", "payload"]
 
 RELISTEN = 1.0
 """Least time between two attempts to open the listening connection."""
+PAYLOAD_VALUE_LIMIT = 6000
+"""Bytes of a stored value a notification carries (PostgreSQL's payloads stop at 8000)."""
+
+
+def payload(key: str, value: bytes) -> str:
+    """A stored result's notification: its key, then (when the value is ASCII without NUL,
+    at most ``PAYLOAD_VALUE_LIMIT`` bytes, as most JSON results are) a newline and the
+    value, so a waiter has the result without reading it again. ASCII, because a payload
+    is text in the database's encoding, which need not be UTF-8; the value is the one the
+    statement stored, since the notification is sent only for a row the fence let through."""
+    if len(value) <= PAYLOAD_VALUE_LIMIT and value.isascii() and b"\0" not in value:
+        return f"{key}\n{value.decode()}"
+    return key
 
 
 class ResultListener:
@@ -36,17 +49,17 @@ class ResultListener:
         self._reader: asyncio.Task[None] | None = None
         self._opening = asyncio.Lock()
         self._retry_at = 0.0
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, set[asyncio.Future[bytes | None]]] = {}
 
-    async def join(self, key: str) -> asyncio.Future[None] | None:
+    async def join(self, key: str) -> asyncio.Future[bytes | None] | None:
         """A future a notification of ``key`` resolves; None while no connection listens."""
         if self._conn is None and not await self._open():
             return None
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, set()).add(future)
         return future
 
-    def leave(self, key: str, future: asyncio.Future[None]) -> None:
+    def leave(self, key: str, future: asyncio.Future[bytes | None]) -> None:
         waiting = self._waiters.get(key)
         if waiting is not None:
             waiting.discard(future)
@@ -72,9 +85,11 @@ class ResultListener:
     async def _read(self, conn: AsyncConnection[Any]) -> None:
         try:
             async for notify in conn.notifies():
-                for future in self._waiters.get(notify.payload, ()):
+                key, carried, text = notify.payload.partition("\n")
+                value = text.encode() if carried else None
+                for future in self._waiters.get(key, ()):
                     if not future.done():
-                        future.set_result(None)
+                        future.set_result(value)
         except psycopg.Error:
             pass  # lost: every waiter reads again, and waits poll until it is back
         self._conn = None

@@ -45,7 +45,9 @@ members and parts by cascade) from a task it starts on connect, every
 ``purge_interval`` seconds (60), so at most that often per process.
 
 Waiting: a stored result (``_UPSERT``, also inside the broker's transaction)
-sends ``NOTIFY celeriac_results_<hash of the schema>, '<key>'`` when it commits.
+sends ``NOTIFY celeriac_results_<hash of the schema>, '<key>'`` when it commits
+(with the value after a newline, when it is short ASCII: ``result_listener.payload``,
+so the waiter needs no read).
 Each store object opens one listening connection when the first waiter needs
 it (:func:`celeriac.postgres.connection.connect`); a waiter registers, reads its
 key once more (a commit between the base class's read and the registration is
@@ -70,7 +72,7 @@ from ..errors import BackendError, BrokerUnavailable, ConfigurationError
 from ..shared_storage import StorageWrite
 from ..url_schemes import redact_url
 from .connection import open_pool
-from .result_listener import ResultListener
+from .result_listener import ResultListener, payload
 from .schema import ensure_schema
 from .url import split_schema, storage_name
 
@@ -101,13 +103,13 @@ _LIVE = "(expires_at IS NULL OR expires_at > now())"
 _SELECT = f"SELECT value FROM celeriac_results WHERE key = %s AND {_LIVE}"
 _SELECT_MANY = f"SELECT key, value FROM celeriac_results WHERE key = ANY(%s) AND {_LIVE}"
 _UPSERT = (
-    # key, value, seconds to keep, fence (NULL: unfenced), channel
+    # key, value, seconds to keep, fence (NULL: unfenced), channel, payload (notified)
     "WITH stored AS (INSERT INTO celeriac_results AS r (key, value, expires_at, fence)"
     f" VALUES (%s, %s, {_EXPIRES}, %s::bigint) ON CONFLICT (key) DO UPDATE"
     " SET value = excluded.value, expires_at = excluded.expires_at, fence = excluded.fence"
     " WHERE excluded.fence IS NULL OR r.fence IS NULL OR r.fence <= excluded.fence"
     " OR r.expires_at <= now() RETURNING r.key)"
-    " SELECT pg_notify(%s, key) FROM stored"
+    " SELECT pg_notify(%s, %s) FROM stored"
 )
 _ADD = (
     # key, value, seconds to keep: set if absent or expired
@@ -272,15 +274,19 @@ class PostgresBackend(ResultBackend):
     async def _set(
         self, key: str, value: bytes, expires: float | None, fence: int | None = None
     ) -> None:
-        await self._execute(_UPSERT, (key, value, expires, fence, self._channel))
+        row = (key, value, expires, fence, self._channel, payload(key, value))
+        await self._execute(_UPSERT, row)
 
     def _set_writes(
         self, key: str, value: bytes, expires: float | None, fence: int | None = None
     ) -> list[StorageWrite]:
-        return [StorageWrite(_UPSERT, [(key, value, expires, fence, self._channel)])]
+        row = (key, value, expires, fence, self._channel, payload(key, value))
+        return [StorageWrite(_UPSERT, [row])]
 
     async def _set_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
-        rows = [(key, value, expires, None, self._channel) for key, value in items]
+        rows = [
+            (key, value, expires, None, self._channel, payload(key, value)) for key, value in items
+        ]
         await self._execute_many(_UPSERT, rows)
 
     async def _execute_many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -375,7 +381,9 @@ class PostgresBackend(ResultBackend):
             if now != seen:  # committed between the base class's read and the join
                 return Changed(now)
             async with asyncio.timeout(RECHECK if timeout is None else min(timeout, RECHECK)):
-                await waiter
+                notified = await waiter
+            if notified is not None:  # the value came with the notification: no read
+                return Changed(notified)
         except TimeoutError:
             pass
         finally:
