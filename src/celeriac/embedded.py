@@ -10,22 +10,48 @@ service's lease lapses, or its lock's session ends, and another takes over.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+
+from ._sync import new_event_loop
 
 if TYPE_CHECKING:
     from .app import Celeriac
 
-__all__ = ["start_embedded", "stop_embedded"]
+__all__ = ["run_service", "start_embedded", "stop_embedded"]
 
 logger = logging.getLogger("celeriac")
 
 _PR_SET_PDEATHSIG = 1
+
+
+def run_service(app: Celeriac, serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Run ``serve(stopping)`` on a loop of its own until SIGTERM or SIGINT sets
+    ``stopping`` and it returns (``celeriac beat``, ``celeriac outbox-relay``, and each
+    embedded in a worker); the app's connections are closed on the way out. Exit code 0."""
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        try:
+            await serve(stopping)
+        finally:
+            await app.aclose()
+
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return 0
 
 
 def start_embedded(app: Celeriac, run: Callable[[], int], what: str) -> int:

@@ -8,22 +8,16 @@ another beat takes over).
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
 from typing import TYPE_CHECKING
 
 from .. import embedded as embedded_process
-from .._sync import new_event_loop
 from ..signals import beat_embedded_init, beat_init
-from .service import Beat, beat_class
+from .service import beat_class
 
 if TYPE_CHECKING:
     from ..app import Celeriac
 
 __all__ = ["run_beat", "start_embedded", "stop_embedded"]
-
-logger = logging.getLogger("celeriac.beat")
 
 
 def run_beat(app: Celeriac, *, embedded: bool = False, name: str | None = None) -> int:
@@ -32,23 +26,7 @@ def run_beat(app: Celeriac, *, embedded: bool = False, name: str | None = None) 
     beat_init.send(sender=beat)
     if embedded:
         beat_embedded_init.send(sender=beat)
-    loop = new_event_loop()
-    try:
-        loop.run_until_complete(_main(app, beat))
-    finally:
-        loop.close()
-    return 0
-
-
-async def _main(app: Celeriac, beat: Beat) -> None:
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    try:
-        await beat.run(stopping)
-    finally:
-        await app.aclose()
+    return embedded_process.run_service(app, beat.run)
 
 
 def start_embedded(app: Celeriac) -> int:

@@ -36,13 +36,11 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import embedded
-from .._sync import new_event_loop
 from ..brokers.message_columns import Row
 from ..errors import ConfigurationError, MessageError, SerializationError
 from ..protocol import Outgoing
@@ -282,19 +280,6 @@ async def _until(stopping: asyncio.Event, awaitable: Awaitable[None]) -> None:
 def run_relay(app: Celeriac) -> int:
     """Run the relay of ``app``'s outbox until SIGTERM or SIGINT (``celeriac outbox-relay``)."""
     relay = OutboxRelay(app)
-    loop = new_event_loop()
-    try:
-        loop.run_until_complete(_main(app, relay))
-    finally:
-        loop.close()
-    return 0
-
-
-async def _main(app: Celeriac, relay: OutboxRelay) -> None:
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     logger.info(
         "outbox relay: %s -> %s, %d rows per publish",
         redact_url(relay.url),
@@ -302,9 +287,8 @@ async def _main(app: Celeriac, relay: OutboxRelay) -> None:
         relay.batch_size,
     )
     try:
-        await relay.run(stopping)
+        return embedded.run_service(app, relay.run)
     finally:
-        await app.aclose()
         logger.info("outbox relay stopped: %d published", relay.stats.published)
 
 
