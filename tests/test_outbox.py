@@ -482,6 +482,8 @@ class Forwarder:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     def open(self) -> None:
         async def serve() -> asyncio.Server:
@@ -490,7 +492,12 @@ class Forwarder:
         self._server = asyncio.run_coroutine_threadsafe(serve(), self._loop).result(10)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pipe = asyncio.current_task()
+        assert pipe is not None
+        self._pipes.add(pipe)
+        self._writers.add(writer)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        self._writers.add(up_writer)
 
         async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError):
@@ -503,8 +510,18 @@ class Forwarder:
 
     def close(self) -> None:
         async def stop() -> None:
+            """Every connection closed and every pipe ended: nothing left for the GC."""
             if hasattr(self, "_server"):
                 self._server.close()
+            for writer in self._writers:
+                writer.close()  # each pipe's reads then end, and so does the pipe
+            if self._pipes:
+                await asyncio.wait(self._pipes, timeout=10)
+            for writer in self._writers:
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            if hasattr(self, "_server"):
+                await self._server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
