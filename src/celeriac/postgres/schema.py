@@ -49,7 +49,6 @@ their tables in their own modules' docstrings.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -261,7 +260,6 @@ _TABLE_NAMES = {SCHEMA_TABLE} | {
 _TABLES = re.compile(r"\b(" + "|".join(sorted(_TABLE_NAMES, key=len, reverse=True)) + r")\b")
 
 
-@functools.lru_cache(maxsize=256)
 def qualified(sql: str, schema: str) -> str:
     """``sql`` with each of celeriac's tables named in ``schema``: for a connection whose
     ``search_path`` is not the URL's (the application's own, ``app.transaction``)."""

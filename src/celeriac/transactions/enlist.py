@@ -16,10 +16,9 @@ def enlistment_for(app: App, conn: Any) -> Enlistment:
     error saying what to set."""
     conf = app.conf
     if conf.outbox_url:
-        from .outbox import OutboxEnlistment, dialect_of
+        from .outbox import OutboxEnlistment
 
-        dialect_of(conf.outbox_url)  # a bad URL fails at the ``with``, not at the first send
-        return OutboxEnlistment(app, conn, conf.outbox_url)
+        return OutboxEnlistment(app, conn, conf.outbox_url)  # a bad URL fails here, at ``with``
     scheme = (conf.broker_url or "").partition("://")[0]
     if scheme in ("postgresql", "postgres"):
         from .direct import DirectEnlistment

@@ -164,17 +164,15 @@ class OutboxEnlistment:
         self.url = url
         self._conn = conn
         self._dialect = dialect_of(url)
+        self._insert = _INSERT.format(table=table(url))
+        self._notify = (
+            StorageWrite(_NOTIFY, [(channel(url),)]) if self._dialect == "postgresql" else None
+        )
         self._caller: CallerConnection | None = None
         self._ensured = False
 
     async def enqueue(self, batch: Sequence[Outgoing]) -> None:
-        caller = self._caller = self._caller or await caller_connection(self._conn)
-        if caller.dialect != self._dialect:
-            raise ConfigurationError(
-                f"outbox_url names a {self._dialect} database but app.transaction() was given "
-                f"a {caller.dialect} connection: the outbox must live in the database the "
-                "application's transaction writes to"
-            )
+        caller = self._caller or await self._connection()
         writes: list[StorageWrite] = []
         if self._dialect == "postgresql":
             await ensure_outbox(self.url)
@@ -184,9 +182,19 @@ class OutboxEnlistment:
             # transaction it is a look at the schema (or a create that commits with it).
             writes.append(StorageWrite(_DDL["sqlite"], [()]))
             self._ensured = True
-        writes.append(
-            StorageWrite(_INSERT.format(table=table(self.url)), message_rows(batch, None))
-        )
-        if self._dialect == "postgresql":
-            writes.append(StorageWrite(_NOTIFY, [(channel(self.url),)]))
+        writes.append(StorageWrite(self._insert, message_rows(batch, None)))
+        if self._notify is not None:
+            writes.append(self._notify)
         await caller.run(writes)
+
+    async def _connection(self) -> CallerConnection:
+        """The application's connection, checked once per block: the outbox's database."""
+        caller = await caller_connection(self._conn)
+        if caller.dialect != self._dialect:
+            raise ConfigurationError(
+                f"outbox_url names a {self._dialect} database but app.transaction() was given "
+                f"a {caller.dialect} connection: the outbox must live in the database the "
+                "application's transaction writes to"
+            )
+        self._caller = caller
+        return caller
