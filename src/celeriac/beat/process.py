@@ -17,7 +17,7 @@ from .service import beat_class
 if TYPE_CHECKING:
     from ..app import Celeriac
 
-__all__ = ["run_beat", "start_embedded", "stop_embedded"]
+__all__ = ["run_beat", "start_embedded"]
 
 
 def run_beat(app: Celeriac, *, embedded: bool = False, name: str | None = None) -> int:
@@ -34,8 +34,3 @@ def start_embedded(app: Celeriac) -> int:
     return embedded_process.start_embedded(
         app, lambda: run_beat(app, embedded=True), "embedded beat"
     )
-
-
-def stop_embedded(pid: int) -> None:
-    """SIGTERM the embedded beat and wait for it to give its lease up."""
-    embedded_process.stop_embedded(pid)

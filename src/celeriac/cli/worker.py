@@ -11,9 +11,9 @@ import click
 from .. import signals
 from ..app import Celeriac
 from ..backends import backend_from_url
-from ..beat.process import start_embedded, stop_embedded
+from ..beat.process import start_embedded
 from ..brokers.base import Broker
-from ..embedded import stop_embedded as stop_relay
+from ..embedded import stop_embedded
 from ..transactions.relay import start_embedded_relay
 from ..url_schemes import redact_url
 from ..worker import WorkerConfig, choose_config, run_worker
@@ -108,7 +108,7 @@ def worker(
         code = run_worker(app, config)
     finally:
         if relay_pid is not None:
-            stop_relay(relay_pid)
+            stop_embedded(relay_pid)
         if beat_pid is not None:
             stop_embedded(beat_pid)
     sys.exit(code)
